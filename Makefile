@@ -1,0 +1,45 @@
+# Builds the Ahava modules as one dynamic module against Debian's nginx-dev
+# tree (the ABI of the packaged /usr/sbin/nginx).
+#
+#   make            build/ngx_ahava_core_module.so
+#   make asan       build-asan/ngx_ahava_core_module.so with ASan + UBSan
+#   make unit       pure-C unit tests (TAP)
+#   make test       the whole suite (what README's test command runs)
+
+NGX_SRC   ?= /usr/share/nginx/src
+TOP       := $(CURDIR)
+SRCS      := config $(wildcard ngx_ahava_*/*.c ngx_ahava_*/*.h)
+
+BUILD     ?= $(TOP)/build
+ASAN_BUILD = $(TOP)/build-asan
+SAN_FLAGS  = -fsanitize=address,undefined -fno-omit-frame-pointer \
+             -fno-sanitize-recover=undefined
+
+.PHONY: all asan unit test clean
+
+all: $(BUILD)/ngx_ahava_core_module.so
+
+$(BUILD)/Makefile: config
+	mkdir -p $(BUILD)
+	cd $(NGX_SRC) && bash -c '. ./conf_flags; ./configure \
+	    --with-cc-opt="$$(dpkg-buildflags --get CFLAGS) -fPIC $(EXTRA_CFLAGS)" \
+	    --with-ld-opt="$$(dpkg-buildflags --get LDFLAGS) -fPIC $(EXTRA_LDFLAGS)" \
+	    "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(TOP) \
+	    --builddir=$(BUILD)' > $(BUILD)/configure.log 2>&1 \
+	    || { tail -30 $(BUILD)/configure.log; exit 1; }
+
+$(BUILD)/ngx_ahava_core_module.so: $(BUILD)/Makefile $(SRCS)
+	$(MAKE) -f $(BUILD)/Makefile -C $(NGX_SRC) modules
+
+asan:
+	$(MAKE) BUILD=$(ASAN_BUILD) EXTRA_CFLAGS="$(SAN_FLAGS)" \
+	    EXTRA_LDFLAGS="$(SAN_FLAGS)" all
+
+unit:
+	$(MAKE) -C t/unit test
+
+test: all
+	bin/ahava test
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

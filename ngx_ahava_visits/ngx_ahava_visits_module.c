@@ -1,0 +1,535 @@
+
+/*
+ * ngx_ahava_visits_module: /api/visits (SPEC §5).
+ *
+ *   GET /api/visits        role-filtered, paginated list with total
+ *   GET /api/visits/:id    detail: participants, payments, GPS history,
+ *                          decrypted nurse report, latest 50 messages
+ *
+ * Each answer is one SQL statement; PostgreSQL builds the JSON of the rows
+ * and we only decrypt what is encrypted at rest.
+ */
+
+
+#include "ngx_ahava_core.h"
+
+
+#define NGX_AHAVA_TS(col)                                                    \
+    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+#define NGX_AHAVA_PERSON(col)                                                \
+    "(SELECT json_build_object('id', u.id, 'firstName', u.\"firstName\", "   \
+    "'lastName', u.\"lastName\") FROM users u WHERE u.id = " col ")"
+
+/* the visit as both endpoints show it; v has the booking's patientId */
+#define NGX_AHAVA_VISIT_JSON                                                 \
+    "'id', v.id, 'bookingId', v.\"bookingId\", 'status', v.status, "         \
+    "'patientId', v.\"patientId\", 'nurseId', v.\"nurseId\", "               \
+    "'doctorId', v.\"doctorId\", "                                           \
+    "'scheduledStart', " NGX_AHAVA_TS("v.\"scheduledStart\"") ", "           \
+    "'actualStart', " NGX_AHAVA_TS("v.\"actualStart\"") ", "                 \
+    "'actualEnd', " NGX_AHAVA_TS("v.\"actualEnd\"") ", "                     \
+    "'doctorReview', v.\"doctorReview\", "                                   \
+    "'doctorRating', v.\"doctorRating\", "                                   \
+    "'createdAt', " NGX_AHAVA_TS("v.\"createdAt\"") ", "                     \
+    "'updatedAt', " NGX_AHAVA_TS("v.\"updatedAt\"") ", "                     \
+    "'patient', " NGX_AHAVA_PERSON("v.\"patientId\"") ", "                   \
+    "'nurse', " NGX_AHAVA_PERSON("v.\"nurseId\"") ", "                       \
+    "'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
+
+#define NGX_AHAVA_VISITS_WITH_PATIENT                                        \
+    "(SELECT v.*, b.\"patientId\" FROM visits v "                            \
+    "JOIN bookings b ON b.id = v.\"bookingId\") v"
+
+
+typedef enum {
+    NGX_AHAVA_VISITS_LIST = 0,
+    NGX_AHAVA_VISITS_DETAIL
+} ngx_ahava_visits_route_e;
+
+
+typedef struct {
+    ngx_ahava_visits_route_e   route;
+    ngx_str_t                  visit_id;
+} ngx_ahava_visits_ctx_t;
+
+
+static char *ngx_ahava_visits(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_ahava_visits_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_ahava_visits_step_auth(ngx_http_request_t *r);
+static ngx_int_t ngx_ahava_visits_authorized(ngx_http_request_t *r);
+static ngx_int_t ngx_ahava_visits_list(ngx_http_request_t *r);
+static ngx_int_t ngx_ahava_visits_list_done(ngx_http_request_t *r,
+    ngx_ahava_pg_query_t *q);
+static ngx_int_t ngx_ahava_visits_detail(ngx_http_request_t *r);
+static ngx_int_t ngx_ahava_visits_detail_done(ngx_http_request_t *r,
+    ngx_ahava_pg_query_t *q);
+static char *ngx_ahava_visits_user_param(ngx_http_request_t *r);
+
+
+/* who sees which visits: $1 is the caller's id */
+static const char *ngx_ahava_visits_filter[] = {
+    "FALSE AND $1::text IS NULL",                       /* no role */
+    "v.\"patientId\" = $1",                             /* PATIENT */
+    "v.\"nurseId\" = $1",                               /* NURSE */
+    "v.\"doctorId\" = $1",                              /* DOCTOR */
+    "$1::text IS NOT NULL"                              /* ADMIN */
+};
+
+
+static const char *ngx_ahava_visit_statuses[] = {
+    "SCHEDULED", "EN_ROUTE", "ARRIVED", "IN_PROGRESS", "COMPLETED",
+    "CANCELLED", NULL
+};
+
+static const char *ngx_ahava_visits_sort_by[] = {
+    "createdAt", "scheduledStart", "updatedAt", "status", NULL
+};
+
+static const char *ngx_ahava_visits_sort_order[] = {
+    "desc", "asc", NULL
+};
+
+
+static ngx_command_t  ngx_ahava_visits_commands[] = {
+
+    { ngx_string("ahava_visits"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_ahava_visits,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_ahava_visits_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_ahava_visits_module = {
+    NGX_MODULE_V1,
+    &ngx_ahava_visits_module_ctx,          /* module context */
+    ngx_ahava_visits_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static char *
+ngx_ahava_visits(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate: the location already has a handler";
+    }
+
+    clcf->handler = ngx_ahava_visits_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* Routing: the path after /api/visits */
+
+static ngx_int_t
+ngx_ahava_visits_handler(ngx_http_request_t *r)
+{
+    u_char                  *p, *last, *slash;
+    ngx_int_t                rc;
+    ngx_ahava_ctx_t         *ctx;
+    ngx_ahava_visits_ctx_t  *vctx;
+
+    static ngx_str_t  prefix = ngx_string("/api/visits");
+
+    if (r->uri.len < prefix.len
+        || ngx_strncmp(r->uri.data, prefix.data, prefix.len) != 0)
+    {
+        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
+    }
+
+    ctx = ngx_ahava_get_ctx(r);
+    vctx = ngx_pcalloc(r->pool, sizeof(ngx_ahava_visits_ctx_t));
+    if (ctx == NULL || vctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->data = vctx;
+
+    p = r->uri.data + prefix.len;
+    last = r->uri.data + r->uri.len;
+
+    if (p < last && *p != '/') {
+        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
+    }
+
+    if (p < last) {
+        p++;
+    }
+
+    if (p < last && last[-1] == '/') {
+        last--;
+    }
+
+    if (p == last) {
+        vctx->route = NGX_AHAVA_VISITS_LIST;
+
+    } else {
+        slash = ngx_strlchr(p, last, '/');
+
+        if (slash != NULL || ngx_ahava_valid_id(p, last - p) != NGX_OK) {
+            /* unknown action, or a malformed id: nothing is there */
+            return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
+        }
+
+        vctx->route = NGX_AHAVA_VISITS_DETAIL;
+        vctx->visit_id.data = p;
+        vctx->visit_id.len = last - p;
+    }
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_ALLOWED);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_ahava_content(r, ngx_ahava_visits_step_auth);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_step_auth(ngx_http_request_t *r)
+{
+    return ngx_ahava_authenticate(r, ngx_ahava_visits_authorized);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_authorized(ngx_http_request_t *r)
+{
+    ngx_ahava_ctx_t         *ctx;
+    ngx_ahava_visits_ctx_t  *vctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+    vctx = ctx->data;
+
+    if (vctx->route == NGX_AHAVA_VISITS_LIST) {
+        return ngx_ahava_visits_list(r);
+    }
+
+    return ngx_ahava_visits_detail(r);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_list(ngx_http_request_t *r)
+{
+    u_char                *sql, *last;
+    json_t                *details;
+    ngx_int_t              status, sort_by, sort_order;
+    ngx_uint_t             limit, offset, bad;
+    ngx_ahava_ctx_t       *ctx;
+    ngx_ahava_pg_query_t  *q;
+    const char            *dir;
+
+    static const char *sort_column[] = {
+        "\"createdAt\"", "\"scheduledStart\"", "\"updatedAt\"", "status"
+    };
+
+    ctx = ngx_ahava_get_ctx(r);
+
+    details = json_array();
+    if (details == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    bad = 0;
+    bad |= ngx_ahava_arg_uint(r, "limit", 20, 1, 100, &limit, details);
+    bad |= ngx_ahava_arg_uint(r, "offset", 0, 0, 100000000, &offset, details);
+    bad |= ngx_ahava_arg_enum(r, "status", ngx_ahava_visit_statuses, -1,
+                              &status, details);
+    bad |= ngx_ahava_arg_enum(r, "sortBy", ngx_ahava_visits_sort_by, 0,
+                              &sort_by, details);
+    bad |= ngx_ahava_arg_enum(r, "sortOrder", ngx_ahava_visits_sort_order, 0,
+                              &sort_order, details);
+
+    if (bad) {
+        return ngx_ahava_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                    "VALIDATION_ERROR",
+                                    "Invalid query parameters", details);
+    }
+
+    json_decref(details);
+
+    sql = ngx_pnalloc(r->pool, 4096);
+    if (sql == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    dir = sort_order ? "ASC" : "DESC";
+
+    /* only whitelisted fragments go into the text; values are bound */
+    last = ngx_snprintf(sql, 4095,
+        "WITH f AS (SELECT v.* FROM " NGX_AHAVA_VISITS_WITH_PATIENT
+        " WHERE %s AND ($2::text IS NULL OR v.status = $2::\"VisitStatus\"))"
+        " SELECT (SELECT count(*) FROM f),"
+        " (SELECT coalesce(json_agg(json_build_object(" NGX_AHAVA_VISIT_JSON
+        ") ORDER BY v.%s %s, v.id %s), '[]'::json) FROM"
+        " (SELECT * FROM f ORDER BY f.%s %s, f.id %s"
+        " LIMIT $3::int OFFSET $4::int) v)",
+        ngx_ahava_visits_filter[ctx->user.role],
+        sort_column[sort_by], dir, dir, sort_column[sort_by], dir, dir);
+    *last = '\0';
+
+    q = ngx_ahava_pg_query(r, (char *) sql, ngx_ahava_visits_list_done);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->nparams = 4;
+    q->values[0] = ngx_ahava_visits_user_param(r);
+    q->values[1] = (status >= 0) ? (char *) ngx_ahava_visit_statuses[status]
+                                 : NULL;
+    q->values[2] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
+    q->values[3] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
+
+    if (q->values[0] == NULL || q->values[2] == NULL || q->values[3] == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_sprintf((u_char *) q->values[2], "%ui%Z", limit);
+    ngx_sprintf((u_char *) q->values[3], "%ui%Z", offset);
+
+    q->data = ngx_pnalloc(r->pool, 2 * sizeof(ngx_uint_t));
+    if (q->data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ((ngx_uint_t *) q->data)[0] = limit;
+    ((ngx_uint_t *) q->data)[1] = offset;
+
+    return ngx_ahava_pg_run(r, q);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_list_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_str_t    body, total, items;
+    ngx_uint_t  *page;
+
+    if (q->rc != NGX_OK) {
+        return ngx_ahava_pg_result_error(r, q);
+    }
+
+    if (PQntuples(q->result) != 1
+        || ngx_ahava_pg_str(r, q->result, 0, 0, &total) != NGX_OK
+        || ngx_ahava_pg_str(r, q->result, 0, 1, &items) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ahava: unexpected visits list result");
+        return ngx_ahava_send_status_error(r,
+                                           NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+
+    page = q->data;
+
+    /* PostgreSQL wrote the items' JSON: splice it into the envelope */
+    len = sizeof("{\"success\":true,\"data\":,\"meta\":{\"limit\":,"
+                 "\"offset\":,\"total\":}}") - 1
+          + items.len + 2 * NGX_INT_T_LEN + total.len;
+
+    body.data = ngx_pnalloc(r->pool, len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(body.data,
+                    "{\"success\":true,\"data\":%V,\"meta\":{\"limit\":%ui,"
+                    "\"offset\":%ui,\"total\":%V}}",
+                    &items, page[0], page[1], &total);
+    body.len = p - body.data;
+
+    return ngx_ahava_send_raw(r, NGX_HTTP_OK, &body);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_detail(ngx_http_request_t *r)
+{
+    u_char                  *sql, *last;
+    ngx_ahava_ctx_t         *ctx;
+    ngx_ahava_pg_query_t    *q;
+    ngx_ahava_visits_ctx_t  *vctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+    vctx = ctx->data;
+
+    sql = ngx_pnalloc(r->pool, 4096);
+    if (sql == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    last = ngx_snprintf(sql, 4095,
+        "SELECT json_build_object(" NGX_AHAVA_VISIT_JSON ","
+        " 'gpsCoordinates', coalesce(v.\"gpsCoordinates\", '[]'::jsonb),"
+        " 'payments', (SELECT coalesce(json_agg(json_build_object("
+        "'id', p.id, 'amountInCents', p.\"amountInCents\","
+        " 'currency', p.currency, 'status', p.status,"
+        " 'paystackReference', p.\"paystackReference\","
+        " 'createdAt', " NGX_AHAVA_TS("p.\"createdAt\"") ","
+        " 'updatedAt', " NGX_AHAVA_TS("p.\"updatedAt\"") ")"
+        " ORDER BY p.\"createdAt\", p.id), '[]'::json)"
+        " FROM payments p WHERE p.\"visitId\" = v.id)),"
+        " v.\"nurseReport\","
+        " (SELECT coalesce(json_agg(json_build_object("
+        "'id', m.id, 'visitId', m.\"visitId\", 'senderId', m.\"senderId\","
+        " 'recipientId', m.\"recipientId\", 'type', m.type,"
+        " 'content', m.content, 'isRead', m.\"isRead\","
+        " 'attachmentUrl', m.\"attachmentUrl\","
+        " 'attachmentType', m.\"attachmentType\","
+        " 'createdAt', " NGX_AHAVA_TS("m.\"createdAt\"") ","
+        " 'updatedAt', " NGX_AHAVA_TS("m.\"updatedAt\"") ")"
+        " ORDER BY m.\"createdAt\", m.id), '[]'::json)"
+        " FROM (SELECT * FROM messages WHERE \"visitId\" = v.id"
+        " ORDER BY \"createdAt\" DESC, id DESC LIMIT 50) m)"
+        " FROM " NGX_AHAVA_VISITS_WITH_PATIENT
+        " WHERE v.id = $2 AND %s",
+        ngx_ahava_visits_filter[ctx->user.role]);
+    *last = '\0';
+
+    q = ngx_ahava_pg_query(r, (char *) sql, ngx_ahava_visits_detail_done);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->nparams = 2;
+    q->values[0] = ngx_ahava_visits_user_param(r);
+    q->values[1] = ngx_pnalloc(r->pool, vctx->visit_id.len + 1);
+
+    if (q->values[0] == NULL || q->values[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn((u_char *) q->values[1], vctx->visit_id.data,
+                vctx->visit_id.len + 1);
+
+    return ngx_ahava_pg_run(r, q);
+}
+
+
+static ngx_int_t
+ngx_ahava_visits_detail_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+{
+    size_t      i;
+    json_t     *visit, *messages, *m, *content, *root;
+    ngx_str_t   text, report, ct;
+
+    if (q->rc != NGX_OK) {
+        return ngx_ahava_pg_result_error(r, q);
+    }
+
+    if (PQntuples(q->result) == 0) {
+        /* absent and not yours look the same (SPEC §3) */
+        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
+                                    "Visit not found", NULL);
+    }
+
+    if (ngx_ahava_pg_str(r, q->result, 0, 0, &text) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    visit = ngx_ahava_json_loadn(r, &text);
+    if (visit == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    root = NULL;
+
+    if (ngx_ahava_pg_str(r, q->result, 0, 1, &report) == NGX_ERROR
+        || ngx_ahava_decrypt_field(r, visit, "nurseReport",
+                                   "nurseReportError", &report)
+           == NGX_ERROR
+        || ngx_ahava_pg_str(r, q->result, 0, 2, &text) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    messages = ngx_ahava_json_loadn(r, &text);
+    if (messages == NULL) {
+        goto failed;
+    }
+
+    json_object_set_new(visit, "messages", messages);
+
+    json_array_foreach(messages, i, m) {
+        content = json_object_get(m, "content");
+
+        ct.data = (u_char *) json_string_value(content);
+        ct.len = ct.data ? json_string_length(content) : 0;
+
+        if (ngx_ahava_decrypt_field(r, m, "content", "contentError", &ct)
+            == NGX_ERROR)
+        {
+            goto failed;
+        }
+    }
+
+    root = json_pack("{s:b, s:o}", "success", 1, "data", visit);
+
+    return ngx_ahava_send_json(r, NGX_HTTP_OK, root);
+
+failed:
+
+    json_decref(visit);
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+static char *
+ngx_ahava_visits_user_param(ngx_http_request_t *r)
+{
+    u_char           *p;
+    ngx_ahava_ctx_t  *ctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+
+    p = ngx_pnalloc(r->pool, ctx->user.id_len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, ctx->user.id, ctx->user.id_len);
+    p[ctx->user.id_len] = '\0';
+
+    return (char *) p;
+}
