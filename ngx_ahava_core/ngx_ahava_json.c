@@ -151,7 +151,8 @@ ngx_ahava_send_status_error(ngx_http_request_t *r, ngx_uint_t status)
         break;
 
     case NGX_HTTP_NOT_ALLOWED:
-        code = "METHOD_NOT_ALLOWED";
+        /* SPEC §4 has no code of its own for it: a malformed request */
+        code = "VALIDATION_ERROR";
         message = "Method not allowed";
         break;
 
