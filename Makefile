@@ -15,7 +15,7 @@ ASAN_BUILD = $(TOP)/build-asan
 SAN_FLAGS  = -fsanitize=address,undefined -fno-omit-frame-pointer \
              -fno-sanitize-recover=undefined
 
-.PHONY: all asan unit test clean
+.PHONY: all asan unit test test-asan clean
 
 all: $(BUILD)/ngx_ahava_core_module.so
 
@@ -40,6 +40,14 @@ unit:
 
 test: all
 	bin/ahava test
+
+# the suite against the sanitizer build: libasan is preloaded into nginx
+# only (TEST_NGINX_ASAN), leaks are not checked because nginx does not free
+# its cycle pool at exit by design
+test-asan: asan
+	$(MAKE) -C t/unit asan test
+	TEST_NGINX_LOAD_MODULES=$(ASAN_BUILD)/ngx_ahava_core_module.so \
+	    TEST_NGINX_ASAN=1 prove -I t/lib -r t/
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

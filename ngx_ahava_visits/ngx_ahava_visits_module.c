@@ -51,6 +51,8 @@ typedef enum {
 typedef struct {
     ngx_ahava_visits_route_e   route;
     ngx_str_t                  visit_id;
+    ngx_uint_t                 limit;
+    ngx_uint_t                 offset;
 } ngx_ahava_visits_ctx_t;
 
 
@@ -254,9 +256,10 @@ ngx_ahava_visits_list(ngx_http_request_t *r)
     json_t                *details;
     ngx_int_t              status, sort_by, sort_order;
     ngx_uint_t             limit, offset, bad;
-    ngx_ahava_ctx_t       *ctx;
-    ngx_ahava_pg_query_t  *q;
-    const char            *dir;
+    const char              *dir;
+    ngx_ahava_ctx_t         *ctx;
+    ngx_ahava_pg_query_t    *q;
+    ngx_ahava_visits_ctx_t  *vctx;
 
     static const char *sort_column[] = {
         "\"createdAt\"", "\"scheduledStart\"", "\"updatedAt\"", "status"
@@ -327,13 +330,9 @@ ngx_ahava_visits_list(ngx_http_request_t *r)
     ngx_sprintf((u_char *) q->values[2], "%ui%Z", limit);
     ngx_sprintf((u_char *) q->values[3], "%ui%Z", offset);
 
-    q->data = ngx_pnalloc(r->pool, 2 * sizeof(ngx_uint_t));
-    if (q->data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ((ngx_uint_t *) q->data)[0] = limit;
-    ((ngx_uint_t *) q->data)[1] = offset;
+    vctx = ctx->data;
+    vctx->limit = limit;
+    vctx->offset = offset;
 
     return ngx_ahava_pg_run(r, q);
 }
@@ -342,10 +341,11 @@ ngx_ahava_visits_list(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_visits_list_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
-    u_char      *p;
-    size_t       len;
-    ngx_str_t    body, total, items;
-    ngx_uint_t  *page;
+    u_char                  *p;
+    size_t                   len;
+    ngx_str_t                body, total, items;
+    ngx_ahava_ctx_t         *ctx;
+    ngx_ahava_visits_ctx_t  *vctx;
 
     if (q->rc != NGX_OK) {
         return ngx_ahava_pg_result_error(r, q);
@@ -361,7 +361,8 @@ ngx_ahava_visits_list_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
                                            NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
 
-    page = q->data;
+    ctx = ngx_ahava_get_ctx(r);
+    vctx = ctx->data;
 
     /* PostgreSQL wrote the items' JSON: splice it into the envelope */
     len = sizeof("{\"success\":true,\"data\":,\"meta\":{\"limit\":,"
@@ -376,7 +377,7 @@ ngx_ahava_visits_list_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
     p = ngx_sprintf(body.data,
                     "{\"success\":true,\"data\":%V,\"meta\":{\"limit\":%ui,"
                     "\"offset\":%ui,\"total\":%V}}",
-                    &items, page[0], page[1], &total);
+                    &items, vctx->limit, vctx->offset, &total);
     body.len = p - body.data;
 
     return ngx_ahava_send_raw(r, NGX_HTTP_OK, &body);
