@@ -257,6 +257,9 @@ ngx_ahava_auth_fail(ngx_http_request_t *r, const char *code,
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "ahava: authentication failed: %s (%s)", reason, code);
 
+    ngx_ahava_audit(r, "AUTH_FAILED", "auth", NULL,
+                    json_pack("{s:s, s:s}", "reason", reason, "code", code));
+
     return ngx_ahava_send_error(r, NGX_HTTP_UNAUTHORIZED, code, message,
                                 NULL);
 }

@@ -25,6 +25,8 @@
 #define NGX_AHAVA_ID_MAX_LEN        64
 #define NGX_AHAVA_BODY_MAX          (64 * 1024)
 #define NGX_AHAVA_PG_MAX_PARAMS     16
+#define NGX_AHAVA_NEW_ID_LEN        25
+#define NGX_AHAVA_ISO_TIME_LEN      24
 
 
 typedef enum {
@@ -104,9 +106,30 @@ typedef ngx_int_t (*ngx_ahava_step_pt)(ngx_http_request_t *r);
 typedef struct {
     ngx_ahava_user_t           user;
     ngx_ahava_step_pt          authorized;      /* runs once user is known */
-    unsigned                   async:1;
+    ngx_ahava_step_pt          body_next;       /* runs once body is read */
+    json_t                    *body;            /* the JSON object sent */
     void                      *data;            /* the handler's own state */
 } ngx_ahava_ctx_t;
+
+
+typedef enum {
+    NGX_AHAVA_FIELD_STRING = 0,                 /* min..max code points */
+    NGX_AHAVA_FIELD_ID,
+    NGX_AHAVA_FIELD_ENUM,
+    NGX_AHAVA_FIELD_INTEGER,                    /* min..max */
+    NGX_AHAVA_FIELD_NUMBER,                     /* finite, min..max */
+    NGX_AHAVA_FIELD_BOOLEAN
+} ngx_ahava_field_type_e;
+
+
+typedef struct {
+    const char                *name;
+    ngx_ahava_field_type_e     type;
+    ngx_uint_t                 required;
+    double                     min;
+    double                     max;
+    const char               **values;          /* ENUM, NULL-terminated */
+} ngx_ahava_field_t;
 
 
 typedef ngx_int_t (*ngx_ahava_pg_handler_pt)(ngx_http_request_t *r,
@@ -125,6 +148,8 @@ struct ngx_ahava_pg_query_s {
     ngx_int_t                  rc;
     PGresult                  *result;
     char                      *sqlstate;
+
+    ngx_pool_t                *own_pool;        /* background queries */
 
     /* internal */
     ngx_http_request_t        *request;
@@ -152,6 +177,8 @@ ngx_ahava_pg_pool_t *ngx_ahava_pg_pool_create(ngx_cycle_t *cycle,
 void ngx_ahava_pg_pool_destroy(ngx_ahava_pg_pool_t *pool);
 ngx_int_t ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q);
 ngx_int_t ngx_ahava_pg_run(ngx_http_request_t *r, ngx_ahava_pg_query_t *q);
+ngx_int_t ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool,
+    ngx_ahava_pg_query_t *q);
 ngx_ahava_pg_query_t *ngx_ahava_pg_query(ngx_http_request_t *r,
     const char *sql, ngx_ahava_pg_handler_pt handler);
 ngx_int_t ngx_ahava_pg_healthy(ngx_ahava_pg_pool_t *pool);
@@ -208,6 +235,21 @@ ngx_int_t ngx_ahava_arg_enum(ngx_http_request_t *r, const char *name,
 json_t *ngx_ahava_json_loadn(ngx_http_request_t *r, ngx_str_t *text);
 ngx_int_t ngx_ahava_decrypt_field(ngx_http_request_t *r, json_t *obj,
     const char *field, const char *error_field, ngx_str_t *ciphertext);
+
+/* request bodies (ngx_ahava_body.c) */
+ngx_int_t ngx_ahava_read_json_body(ngx_http_request_t *r,
+    ngx_ahava_step_pt next);
+ngx_int_t ngx_ahava_validate(json_t *body, ngx_ahava_field_t *fields,
+    json_t *details);
+size_t ngx_ahava_utf8_length(const char *s, size_t len);
+void ngx_ahava_id_generate(u_char *id);
+u_char *ngx_ahava_iso_time(u_char *buf);
+
+/* events and security log (ngx_ahava_event.c) */
+ngx_int_t ngx_ahava_publish(ngx_http_request_t *r, const char *type,
+    json_t *data, char **recipients, ngx_uint_t n);
+void ngx_ahava_audit(ngx_http_request_t *r, const char *action,
+    const char *resource, ngx_str_t *resource_id, json_t *metadata);
 
 /* GET /health (ngx_ahava_health.c) */
 ngx_int_t ngx_ahava_health_handler(ngx_http_request_t *r);

@@ -76,6 +76,8 @@ static void ngx_ahava_pg_wait_timeout_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_cleanup(void *data);
 static void ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool);
+static ngx_int_t ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool,
+    ngx_ahava_pg_query_t *q, ngx_log_t *log);
 
 
 ngx_ahava_pg_pool_t *
@@ -172,8 +174,6 @@ ngx_ahava_pg_query(ngx_http_request_t *r, const char *sql,
 ngx_int_t
 ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
-    ngx_queue_t             *qu;
-    ngx_ahava_pg_conn_t     *pc;
     ngx_ahava_pg_pool_t     *pool;
     ngx_http_cleanup_t      *cln;
     ngx_ahava_main_conf_t   *amcf;
@@ -196,11 +196,43 @@ ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
     cln->data = q;
 
     q->request = r;
-    q->pool = pool;
-    q->rc = NGX_AGAIN;
 
     /* the caller goes asynchronous: notice a client that goes away */
     r->read_event_handler = ngx_http_test_reading;
+
+    return ngx_ahava_pg_dispatch(pool, q, r->connection->log);
+}
+
+
+/*
+ * A query no request waits for (an audit entry, say): it lives in its own
+ * memory pool, destroyed when the query ends.  NGX_OK, or NGX_DECLINED when
+ * the pool is down or full — the caller logs what is lost.
+ */
+
+ngx_int_t
+ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
+{
+    if (pool == NULL || pool->down || q->own_pool == NULL) {
+        return NGX_DECLINED;
+    }
+
+    q->request = NULL;
+
+    return (ngx_ahava_pg_dispatch(pool, q, pool->log) == NGX_OK)
+           ? NGX_OK : NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q,
+    ngx_log_t *log)
+{
+    ngx_queue_t           *qu;
+    ngx_ahava_pg_conn_t   *pc;
+
+    q->pool = pool;
+    q->rc = NGX_AGAIN;
 
     while (!ngx_queue_empty(&pool->idle)) {
         qu = ngx_queue_head(&pool->idle);
@@ -216,7 +248,7 @@ ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
         ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
     }
 
-    if (pool->nconns < amcf->pg_pool_size) {
+    if (pool->nconns < pool->amcf->pg_pool_size) {
         pc = ngx_ahava_pg_connect(pool);
         if (pc == NULL) {
             q->done = 1;
@@ -229,9 +261,9 @@ ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
         return NGX_OK;
     }
 
-    if (pool->nwaiters >= amcf->pg_wait_queue) {
+    if (pool->nwaiters >= pool->amcf->pg_wait_queue) {
         q->done = 1;
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_WARN, log, 0,
                       "ahava: postgresql pool and wait queue are full, "
                       "answering 503");
         return NGX_HTTP_SERVICE_UNAVAILABLE;
@@ -243,8 +275,8 @@ ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 
     q->wait_timer.handler = ngx_ahava_pg_wait_timeout_handler;
     q->wait_timer.data = q;
-    q->wait_timer.log = r->connection->log;
-    ngx_add_timer(&q->wait_timer, amcf->pg_wait_timeout);
+    q->wait_timer.log = log;
+    ngx_add_timer(&q->wait_timer, pool->amcf->pg_wait_timeout);
 
     return NGX_OK;
 }
@@ -819,6 +851,13 @@ ngx_ahava_pg_finish(ngx_ahava_pg_query_t *q, PGresult *res, ngx_int_t rc)
     q->result = res;
 
     r = q->request;
+
+    if (r == NULL) {
+        /* a background query: its failure was logged where it happened */
+        ngx_destroy_pool(q->own_pool);
+        return;
+    }
+
     c = r->connection;
 
     ngx_http_set_log_request(c->log, r);
