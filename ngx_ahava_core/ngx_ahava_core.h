@@ -29,6 +29,17 @@
 #define NGX_AHAVA_ISO_TIME_LEN      24
 
 
+/*
+ * The audit_logs checksum (SPEC §11): sha256 hex of the entry's fields
+ * joined by '|', NULL as empty, the time as ISO-8601 UTC.  SQL arguments.
+ */
+#define NGX_AHAVA_AUDIT_CHECKSUM(id, uid, role, act, res, rid, meta, ts)     \
+    "encode(sha256(convert_to(concat_ws('|', " id ", coalesce(" uid         \
+    ", ''), coalesce(" role ", ''), " act ", " res ", coalesce(" rid        \
+    ", ''), coalesce(" meta ", ''), to_char(" ts                            \
+    ", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), 'UTF8')), 'hex')"
+
+
 typedef enum {
     NGX_AHAVA_ROLE_NONE = 0,
     NGX_AHAVA_ROLE_PATIENT,

@@ -15,17 +15,14 @@
 #include "ngx_ahava_core.h"
 
 
-/* sha256 hex of the entry: its fields joined by '|', NULL as empty */
 #define NGX_AHAVA_AUDIT_SQL                                                  \
     "INSERT INTO audit_logs (id, \"userId\", \"userRole\", action,"          \
     " resource, \"resourceId\", metadata, checksum, \"createdAt\")"          \
     " SELECT $1::text, $2::text, ($3::text)::\"UserRole\", $4::text,"        \
-    " $5::text, $6::text, ($7::text)::jsonb,"                                \
-    " encode(sha256(convert_to(concat_ws('|', $1::text,"                     \
-    " coalesce($2::text, ''), coalesce($3::text, ''), $4::text, $5::text,"   \
-    " coalesce($6::text, ''), coalesce($7::text, ''),"                       \
-    " to_char(n.t, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), 'UTF8')), 'hex'),"  \
-    " n.t FROM (SELECT LOCALTIMESTAMP(3) AS t) n"
+    " $5::text, $6::text, ($7::text)::jsonb, "                               \
+    NGX_AHAVA_AUDIT_CHECKSUM("$1::text", "$2::text", "$3::text", "$4::text", \
+                             "$5::text", "$6::text", "$7::text", "n.t")      \
+    ", n.t FROM (SELECT LOCALTIMESTAMP(3) AS t) n"
 
 
 u_char *

@@ -158,8 +158,11 @@ ngx_ahava_pg_query(ngx_http_request_t *r, const char *sql,
         return NULL;
     }
 
-    q->sql.data = (u_char *) sql;
-    q->sql.len = ngx_strlen(sql);
+    if (sql) {
+        q->sql.data = (u_char *) sql;
+        q->sql.len = ngx_strlen(sql);
+    }
+
     q->handler = handler;
 
     return q;

@@ -12,48 +12,7 @@
 
 
 #include "ngx_ahava_core.h"
-
-
-#define NGX_AHAVA_TS(col)                                                    \
-    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-
-#define NGX_AHAVA_PERSON(col)                                                \
-    "(SELECT json_build_object('id', u.id, 'firstName', u.\"firstName\", "   \
-    "'lastName', u.\"lastName\") FROM users u WHERE u.id = " col ")"
-
-/* the visit as both endpoints show it; v has the booking's patientId */
-#define NGX_AHAVA_VISIT_JSON                                                 \
-    "'id', v.id, 'bookingId', v.\"bookingId\", 'status', v.status, "         \
-    "'patientId', v.\"patientId\", 'nurseId', v.\"nurseId\", "               \
-    "'doctorId', v.\"doctorId\", "                                           \
-    "'scheduledStart', " NGX_AHAVA_TS("v.\"scheduledStart\"") ", "           \
-    "'actualStart', " NGX_AHAVA_TS("v.\"actualStart\"") ", "                 \
-    "'actualEnd', " NGX_AHAVA_TS("v.\"actualEnd\"") ", "                     \
-    "'doctorReview', v.\"doctorReview\", "                                   \
-    "'doctorRating', v.\"doctorRating\", "                                   \
-    "'createdAt', " NGX_AHAVA_TS("v.\"createdAt\"") ", "                     \
-    "'updatedAt', " NGX_AHAVA_TS("v.\"updatedAt\"") ", "                     \
-    "'patient', " NGX_AHAVA_PERSON("v.\"patientId\"") ", "                   \
-    "'nurse', " NGX_AHAVA_PERSON("v.\"nurseId\"") ", "                       \
-    "'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
-
-#define NGX_AHAVA_VISITS_WITH_PATIENT                                        \
-    "(SELECT v.*, b.\"patientId\" FROM visits v "                            \
-    "JOIN bookings b ON b.id = v.\"bookingId\") v"
-
-
-typedef enum {
-    NGX_AHAVA_VISITS_LIST = 0,
-    NGX_AHAVA_VISITS_DETAIL
-} ngx_ahava_visits_route_e;
-
-
-typedef struct {
-    ngx_ahava_visits_route_e   route;
-    ngx_str_t                  visit_id;
-    ngx_uint_t                 limit;
-    ngx_uint_t                 offset;
-} ngx_ahava_visits_ctx_t;
+#include "ngx_ahava_visits.h"
 
 
 static char *ngx_ahava_visits(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -67,7 +26,6 @@ static ngx_int_t ngx_ahava_visits_list_done(ngx_http_request_t *r,
 static ngx_int_t ngx_ahava_visits_detail(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_visits_detail_done(ngx_http_request_t *r,
     ngx_ahava_pg_query_t *q);
-static char *ngx_ahava_visits_user_param(ngx_http_request_t *r);
 
 
 /* who sees which visits: $1 is the caller's id */
@@ -80,7 +38,7 @@ static const char *ngx_ahava_visits_filter[] = {
 };
 
 
-static const char *ngx_ahava_visit_statuses[] = {
+const char *ngx_ahava_visit_statuses[] = {
     "SCHEDULED", "EN_ROUTE", "ARRIVED", "IN_PROGRESS", "COMPLETED",
     "CANCELLED", NULL
 };
@@ -162,6 +120,7 @@ ngx_ahava_visits_handler(ngx_http_request_t *r)
 {
     u_char                  *p, *last, *slash;
     ngx_int_t                rc;
+    ngx_str_t                action;
     ngx_ahava_ctx_t         *ctx;
     ngx_ahava_visits_ctx_t  *vctx;
 
@@ -202,14 +161,37 @@ ngx_ahava_visits_handler(ngx_http_request_t *r)
     } else {
         slash = ngx_strlchr(p, last, '/');
 
-        if (slash != NULL || ngx_ahava_valid_id(p, last - p) != NGX_OK) {
-            /* unknown action, or a malformed id: nothing is there */
+        vctx->visit_id.data = p;
+        vctx->visit_id.len = (slash ? slash : last) - p;
+
+        if (ngx_ahava_valid_id(vctx->visit_id.data, vctx->visit_id.len)
+            != NGX_OK)
+        {
+            /* a malformed id names nothing (SPEC §4) */
             return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
         }
 
         vctx->route = NGX_AHAVA_VISITS_DETAIL;
-        vctx->visit_id.data = p;
-        vctx->visit_id.len = last - p;
+
+        if (slash) {
+            action.data = slash + 1;
+            action.len = last - action.data;
+
+            vctx->action = ngx_ahava_visit_action(&action);
+            if (vctx->action == NULL) {
+                return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
+            }
+
+            vctx->route = NGX_AHAVA_VISITS_UPDATE;
+        }
+    }
+
+    if (vctx->route == NGX_AHAVA_VISITS_UPDATE) {
+        if (!(r->method & ngx_ahava_visit_action_method(vctx->action))) {
+            return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_ALLOWED);
+        }
+
+        return ngx_ahava_read_json_body(r, ngx_ahava_visits_step_auth);
     }
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -241,11 +223,17 @@ ngx_ahava_visits_authorized(ngx_http_request_t *r)
     ctx = ngx_ahava_get_ctx(r);
     vctx = ctx->data;
 
-    if (vctx->route == NGX_AHAVA_VISITS_LIST) {
-        return ngx_ahava_visits_list(r);
-    }
+    switch (vctx->route) {
 
-    return ngx_ahava_visits_detail(r);
+    case NGX_AHAVA_VISITS_LIST:
+        return ngx_ahava_visits_list(r);
+
+    case NGX_AHAVA_VISITS_DETAIL:
+        return ngx_ahava_visits_detail(r);
+
+    default: /* NGX_AHAVA_VISITS_UPDATE */
+        return ngx_ahava_visit_update(r);
+    }
 }
 
 
@@ -516,7 +504,7 @@ failed:
 }
 
 
-static char *
+char *
 ngx_ahava_visits_user_param(ngx_http_request_t *r)
 {
     u_char           *p;
