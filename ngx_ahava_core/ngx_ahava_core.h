@@ -26,6 +26,9 @@
 #define NGX_AHAVA_BODY_MAX          (64 * 1024)
 #define NGX_AHAVA_PG_MAX_PARAMS     16
 #define NGX_AHAVA_NEW_ID_LEN        25
+
+/* 15 digits: -26.2 stays -26.2 instead of jansson's -26.199999999999999 */
+#define NGX_AHAVA_JSON_FLAGS        (JSON_COMPACT|JSON_REAL_PRECISION(15))
 #define NGX_AHAVA_ISO_TIME_LEN      24
 
 
@@ -37,7 +40,7 @@
     "encode(sha256(convert_to(concat_ws('|', " id ", coalesce(" uid         \
     ", ''), coalesce(" role ", ''), " act ", " res ", coalesce(" rid        \
     ", ''), coalesce(" meta ", ''), to_char(" ts                            \
-    ", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), 'UTF8')), 'hex')"
+    ", 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')), 'UTF8')), 'hex')"
 
 
 typedef enum {

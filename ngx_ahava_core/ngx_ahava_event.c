@@ -70,10 +70,10 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
         return NGX_ERROR;
     }
 
-    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
+    len = json_dumpb(root, NULL, 0, NGX_AHAVA_JSON_FLAGS);
     p = ngx_pnalloc(r->pool, len ? len : 1);
 
-    if (p == NULL || json_dumpb(root, (char *) p, len, JSON_COMPACT) != len) {
+    if (p == NULL || json_dumpb(root, (char *) p, len, NGX_AHAVA_JSON_FLAGS) != len) {
         json_decref(root);
         return NGX_ERROR;
     }
@@ -146,7 +146,7 @@ ngx_ahava_audit(ngx_http_request_t *r, const char *action,
     amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
     ctx = ngx_ahava_get_ctx(r);
 
-    meta = metadata ? json_dumps(metadata, JSON_COMPACT) : NULL;
+    meta = metadata ? json_dumps(metadata, NGX_AHAVA_JSON_FLAGS) : NULL;
 
     ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                   "ahava: security event %s on %s \"%V\" by user \"%*s\" "

@@ -76,7 +76,7 @@ ngx_ahava_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
         return NGX_ERROR;
     }
 
-    size = json_dumpb(root, NULL, 0, JSON_COMPACT);
+    size = json_dumpb(root, NULL, 0, NGX_AHAVA_JSON_FLAGS);
 
     body.data = ngx_pnalloc(r->pool, size ? size : 1);
     if (body.data == NULL) {
@@ -84,7 +84,7 @@ ngx_ahava_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
         return NGX_ERROR;
     }
 
-    body.len = json_dumpb(root, (char *) body.data, size, JSON_COMPACT);
+    body.len = json_dumpb(root, (char *) body.data, size, NGX_AHAVA_JSON_FLAGS);
     json_decref(root);
 
     if (body.len != size) {

@@ -13,7 +13,7 @@
 
 
 #define NGX_AHAVA_TS(col)                                                    \
-    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')"
 
 #define NGX_AHAVA_PERSON(col)                                                \
     "(SELECT json_build_object('id', u.id, 'firstName', u.\"firstName\", "   \

@@ -87,7 +87,7 @@ static char *ngx_ahava_visit_param(ngx_http_request_t *r, json_t *v);
 #define NGX_AHAVA_GPS_POINT                                                  \
     "jsonb_build_array(jsonb_build_object('lat', $3::float8,"                \
     " 'lng', $4::float8, 'timestamp', to_char(LOCALTIMESTAMP(3),"            \
-    " 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')))"
+    " 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')))"
 
 #define NGX_AHAVA_GPS_HISTORY                                                \
     "(CASE WHEN jsonb_typeof(v.\"gpsCoordinates\") = 'array'"                \

@@ -356,35 +356,44 @@ sub _tail {
 }
 
 # After a stop: nothing alarming in the instance's error log.
+# todo => { alert|sanitizer|socket|crash => 'BUG: ...' } marks single checks
+# TODO (a known module bug that shows there).
+our %LOG_CHECKS = (
+    alert     => ['no [alert], [crit] or [emerg]', qr/\[(?:alert|crit|emerg)\]/],
+    sanitizer => ['no sanitizer report', qr/AddressSanitizer|LeakSanitizer|runtime error:/],
+    socket    => ['no socket left open at exit', qr/open socket #\d+ left in connection/],
+    crash     => ['no worker crash', qr/exited on signal|segmentation fault/i],
+);
+
 sub check_error_log {
     my ($n, %o) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     $n = _nginx_of($n);
-    my $what = "nginx '$n->{name}' error log";
-    my %checks = (
-        'no [alert], [crit] or [emerg]'  => qr/\[(?:alert|crit|emerg)\]/,
-        'no sanitizer report'            => qr/AddressSanitizer|LeakSanitizer|runtime error:/,
-        'no socket left open at exit'    => qr/open socket #\d+ left in connection/,
-        'no worker crash'                => qr/exited on signal|segmentation fault/i,
-    );
-    for my $k (sort keys %checks) {
+    my @lines = split /\n/, $n->error_log;
+    for my $k (qw(alert sanitizer socket crash)) {
+        my ($name, $re) = @{ $LOG_CHECKS{$k} };
         my @allow = @{ $o{allow} || [] };
-        my @hits = grep { my $l = $_; $l =~ $checks{$k} && !grep { $l =~ $_ } @allow }
-                   split /\n/, $n->error_log;
-        _tb->ok(!@hits, "$what: $k")
+        my @hits = grep { my $l = $_; $l =~ $re && !grep { $l =~ $_ } @allow } @lines;
+        my $todo = $o{todo} && $o{todo}{$k};
+        _tb->todo_start($todo) if $todo;
+        _tb->ok(!@hits, "nginx '$n->{name}' error log: $name")
             or _tb->diag(join("\n", @hits[0 .. ($#hits > 9 ? 9 : $#hits)]));
+        _tb->todo_end if $todo;
     }
 }
 
 # Stops every nginx (QUIT, graceful), checks their error logs, releases
 # locks, drops the database, stops private services, done_testing.
+# log_todo => { crash => 'BUG: ...', ... } marks error-log checks TODO (see
+# check_error_log).
 sub done_ahava {
+    my (%o) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     $_->release for grep { !$_->{released} } @LOCKS;
     for my $n (@NGINX) {
         next unless $n->{started};
         _tb->ok($n->stop, "nginx '$n->{name}' exited on QUIT");
-        check_error_log($n, allow => $n->{allow_log} || []);
+        check_error_log($n, allow => $n->{allow_log} || [], todo => $o{log_todo});
         $n->{started} = 0;
     }
     cleanup();

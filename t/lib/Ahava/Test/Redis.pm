@@ -63,6 +63,15 @@ sub stop {
     return 1;
 }
 
+# clients connected now, not counting the redis-cli that asks
+sub clients {
+    my ($self) = @_;
+    my ($rc, $out) = run_capture(['redis-cli', '-p', $self->{port}, 'client', 'list']);
+    return undef if $rc;
+    my @l = grep { /\bcmd=/ && !/\bcmd=client\|list\b/ } split /\n/, $out;
+    return scalar @l;
+}
+
 sub port    { $_[0]{port} }
 sub running { $_[0]{running} }
 sub url     { "redis://127.0.0.1:$_[0]{port}/0" }

@@ -1,0 +1,45 @@
+"""Turns the statements nginx sent (PostgreSQL's statement log) into pgbench
+scripts: the same SQL text, run by pgbench over the extended protocol."""
+import re
+import sys
+
+log, out = sys.argv[1], sys.argv[2]
+stmts = []
+lines = open(log, encoding="utf-8").read().splitlines()
+for i, line in enumerate(lines):
+    m = re.search(r"LOG:  execute <unnamed>: (.*)$", line)
+    if not m:
+        continue
+    params = {}
+    if i + 1 < len(lines):
+        d = re.search(r"DETAIL:  parameters: (.*)$", lines[i + 1])
+        if d:
+            for n, v in re.findall(r"\$(\d+) = (NULL|'(?:[^']|'')*')", d.group(1)):
+                params[int(n)] = v
+    stmts.append((m.group(1), params))
+
+
+def script(sql, params, override, head=""):
+    def sub(m):
+        n = int(m.group(1))
+        if n in override:
+            return override[n]
+        return params[n]          # a literal: constant for the whole run
+    return head + re.sub(r"\$(\d+)", sub, sql) + ";\n"
+
+
+lst = [s for s in stmts if s[0].startswith("WITH f AS")]
+loc = [s for s in stmts if s[0].startswith("WITH ok AS")]
+if not lst or not loc:
+    sys.exit("bench: could not capture the statements (see %s)" % log)
+
+sql, params = lst[-1]
+open(out + "/list.sql", "w").write(script(sql, params, {}))
+
+sql, params = loc[-1]
+head = ("\\set n random(1, 200)\n"
+        "\\set lat -26.2 + random(0, 100000) / 1000000.0\n"
+        "\\set lng 28.0 + random(0, 100000) / 1000000.0\n")
+open(out + "/location.sql", "w").write(script(sql, params, {
+    1: "('cbenchvisit0000000000' || lpad(:n::text, 4, '0'))",
+    3: ":lat", 4: ":lng"}, head))
