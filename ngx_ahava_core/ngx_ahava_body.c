@@ -16,6 +16,7 @@ static void ngx_ahava_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_body_parse(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static void ngx_ahava_body_cleanup(void *data);
+static ngx_int_t ngx_ahava_validate_ids(json_t *v, ngx_ahava_field_t *f);
 static ngx_int_t ngx_ahava_field_detail(json_t *details, const char *field,
     const char *fmt, ...);
 
@@ -335,6 +336,16 @@ ngx_ahava_validate(json_t *body, ngx_ahava_field_t *fields, json_t *details)
 
             continue;
 
+        case NGX_AHAVA_FIELD_ID_ARRAY:
+
+            if (ngx_ahava_validate_ids(v, f) != NGX_OK) {
+                rc = ngx_ahava_field_detail(details, f->name,
+                         "\"%s\" must be an array of %.0f to %.0f distinct "
+                         "ids", f->name, f->min, f->max);
+            }
+
+            continue;
+
         default: /* NGX_AHAVA_FIELD_BOOLEAN */
 
             if (!json_is_boolean(v)) {
@@ -348,6 +359,49 @@ ngx_ahava_validate(json_t *body, ngx_ahava_field_t *fields, json_t *details)
     }
 
     return rc;
+}
+
+
+static ngx_int_t
+ngx_ahava_validate_ids(json_t *v, ngx_ahava_field_t *f)
+{
+    size_t   i, j, n;
+    json_t  *id, *other;
+
+    if (!json_is_array(v)) {
+        return NGX_DECLINED;
+    }
+
+    n = json_array_size(v);
+
+    if (n < (size_t) f->min || n > (size_t) f->max) {
+        return NGX_DECLINED;
+    }
+
+    for (i = 0; i < n; i++) {
+        id = json_array_get(v, i);
+
+        if (!json_is_string(id)
+            || ngx_ahava_valid_id((u_char *) json_string_value(id),
+                                  json_string_length(id))
+               != NGX_OK)
+        {
+            return NGX_DECLINED;
+        }
+
+        /* at most 100 ids: quadratic is fine */
+        for (j = 0; j < i; j++) {
+            other = json_array_get(v, j);
+
+            if (ngx_strcmp(json_string_value(other), json_string_value(id))
+                == 0)
+            {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    return NGX_OK;
 }
 
 

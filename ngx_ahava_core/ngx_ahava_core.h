@@ -43,6 +43,30 @@
     ", 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')), 'UTF8')), 'hex')"
 
 
+/* SQL fragments every module shows data with */
+#define NGX_AHAVA_TS(col)                                                    \
+    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')"
+
+#define NGX_AHAVA_PERSON(col)                                                \
+    "(SELECT json_build_object('id', u.id, 'firstName', u.\"firstName\", "   \
+    "'lastName', u.\"lastName\") FROM users u WHERE u.id = " col ")"
+
+/* a message row m as JSON; content is still ciphertext here */
+#define NGX_AHAVA_MESSAGE_JSON                                               \
+    "'id', m.id, 'visitId', m.\"visitId\", 'senderId', m.\"senderId\","      \
+    " 'recipientId', m.\"recipientId\", 'type', m.type,"                     \
+    " 'content', m.content, 'isRead', m.\"isRead\","                         \
+    " 'attachmentUrl', m.\"attachmentUrl\","                                 \
+    " 'attachmentType', m.\"attachmentType\","                               \
+    " 'createdAt', " NGX_AHAVA_TS("m.\"createdAt\"") ","                     \
+    " 'updatedAt', " NGX_AHAVA_TS("m.\"updatedAt\"")
+
+/* the caller ($n) is a participant of the visit v whose booking is b */
+#define NGX_AHAVA_PARTICIPANT(n)                                             \
+    "(b.\"patientId\" = " n " OR v.\"nurseId\" = " n                       \
+    " OR v.\"doctorId\" = " n ")"
+
+
 typedef enum {
     NGX_AHAVA_ROLE_NONE = 0,
     NGX_AHAVA_ROLE_PATIENT,
@@ -132,7 +156,8 @@ typedef enum {
     NGX_AHAVA_FIELD_ENUM,
     NGX_AHAVA_FIELD_INTEGER,                    /* min..max */
     NGX_AHAVA_FIELD_NUMBER,                     /* finite, min..max */
-    NGX_AHAVA_FIELD_BOOLEAN
+    NGX_AHAVA_FIELD_BOOLEAN,
+    NGX_AHAVA_FIELD_ID_ARRAY                    /* min..max distinct ids */
 } ngx_ahava_field_type_e;
 
 
@@ -182,6 +207,7 @@ extern ngx_module_t  ngx_ahava_core_module;
 /* module glue */
 ngx_int_t ngx_ahava_content(ngx_http_request_t *r, ngx_ahava_step_pt step);
 ngx_ahava_ctx_t *ngx_ahava_get_ctx(ngx_http_request_t *r);
+char *ngx_ahava_user_param(ngx_http_request_t *r);
 ngx_int_t ngx_ahava_secret_value(ngx_conf_t *cf, ngx_str_t *spec,
     ngx_str_t *value);
 
@@ -247,6 +273,11 @@ ngx_int_t ngx_ahava_arg_uint(ngx_http_request_t *r, const char *name,
 ngx_int_t ngx_ahava_arg_enum(ngx_http_request_t *r, const char *name,
     const char **allowed, ngx_int_t def, ngx_int_t *value, json_t *details);
 json_t *ngx_ahava_json_loadn(ngx_http_request_t *r, ngx_str_t *text);
+char *ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain,
+    size_t len);
+ngx_int_t ngx_ahava_decrypt_messages(ngx_http_request_t *r,
+    json_t *messages);
+char *ngx_ahava_pstrz(ngx_http_request_t *r, u_char *data, size_t len);
 ngx_int_t ngx_ahava_decrypt_field(ngx_http_request_t *r, json_t *obj,
     const char *field, const char *error_field, ngx_str_t *ciphertext);
 
@@ -260,10 +291,18 @@ void ngx_ahava_id_generate(u_char *id);
 u_char *ngx_ahava_iso_time(u_char *buf);
 
 /* events and security log (ngx_ahava_event.c) */
+#define NGX_AHAVA_PUBLISH_TO_ACTOR  1
+
 ngx_int_t ngx_ahava_publish(ngx_http_request_t *r, const char *type,
-    json_t *data, char **recipients, ngx_uint_t n);
+    json_t *data, char **recipients, ngx_uint_t n, ngx_uint_t flags);
 void ngx_ahava_audit(ngx_http_request_t *r, const char *action,
     const char *resource, ngx_str_t *resource_id, json_t *metadata);
+u_char *ngx_ahava_audit_cte(u_char *buf, u_char *last, ngx_uint_t id,
+    ngx_uint_t user, ngx_uint_t role, const char *action,
+    const char *resource, const char *rid, const char *from,
+    const char *meta);
+ngx_int_t ngx_ahava_audit_params(ngx_http_request_t *r,
+    ngx_ahava_pg_query_t *q);
 
 /* GET /health (ngx_ahava_health.c) */
 ngx_int_t ngx_ahava_health_handler(ngx_http_request_t *r);

@@ -764,3 +764,25 @@ ngx_ahava_content(ngx_http_request_t *r, ngx_ahava_step_pt step)
 
     return rc;
 }
+
+
+/* The caller's id as a NUL-terminated query parameter */
+
+char *
+ngx_ahava_user_param(ngx_http_request_t *r)
+{
+    u_char           *p;
+    ngx_ahava_ctx_t  *ctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+
+    p = ngx_pnalloc(r->pool, ctx->user.id_len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, ctx->user.id, ctx->user.id_len);
+    p[ctx->user.id_len] = '\0';
+
+    return (char *) p;
+}

@@ -42,13 +42,13 @@ ngx_ahava_iso_time(u_char *buf)
 
 
 /*
- * Publishes one event to each recipient but the actor (the caller), each
- * once.  Steals the reference to data.  NGX_DECLINED when Redis is down.
+ * Publishes one event to each recipient, each once, the actor (the caller)
+ * only with NGX_AHAVA_PUBLISH_TO_ACTOR (their other sessions).  Steals the reference to data.  NGX_DECLINED when Redis is down.
  */
 
 ngx_int_t
 ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
-    char **recipients, ngx_uint_t n)
+    char **recipients, ngx_uint_t n, ngx_uint_t flags)
 {
     u_char                  ts[NGX_AHAVA_ISO_TIME_LEN + 1], *p;
     size_t                  len;
@@ -85,7 +85,8 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
 
     for (i = 0; i < n; i++) {
         if (recipients[i] == NULL
-            || (ngx_strlen(recipients[i]) == ctx->user.id_len
+            || (!(flags & NGX_AHAVA_PUBLISH_TO_ACTOR)
+                && ngx_strlen(recipients[i]) == ctx->user.id_len
                 && ngx_strncmp(recipients[i], ctx->user.id,
                                ctx->user.id_len) == 0))
         {
@@ -237,4 +238,54 @@ failed:
     if (pool) {
         ngx_destroy_pool(pool);
     }
+}
+
+
+/*
+ * The audit_logs row of a mutation as a CTE of its statement, so that it
+ * commits with the change or not at all.  $id and $role are the parameters
+ * holding a new id and the caller's role; the caller is $user.  The row is
+ * written once per row of "from", where "rid" and "meta" are expressions.
+ */
+
+u_char *
+ngx_ahava_audit_cte(u_char *buf, u_char *last, ngx_uint_t id, ngx_uint_t user,
+    ngx_uint_t role, const char *action, const char *resource,
+    const char *rid, const char *from, const char *meta)
+{
+    return ngx_slprintf(buf, last,
+        ", audit AS (INSERT INTO audit_logs (id, \"userId\", \"userRole\","
+        " action, resource, \"resourceId\", metadata, checksum, \"createdAt\")"
+        " SELECT $%ui::text, $%ui::text, ($%ui::text)::\"UserRole\","
+        " '%s', '%s', %s, m.meta, "
+        NGX_AHAVA_AUDIT_CHECKSUM("$%ui::text", "$%ui::text", "$%ui::text",
+                                 "'%s'", "'%s'", "%s", "m.meta::text", "m.t")
+        ", m.t FROM %s, LATERAL (SELECT %s AS meta, LOCALTIMESTAMP(3) AS t) m)",
+        id, user, role, action, resource, rid,
+        id, user, role, action, resource, rid, from, meta);
+}
+
+
+/* Puts a new id and the caller's role in the next two parameters */
+
+ngx_int_t
+ngx_ahava_audit_params(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+{
+    u_char           *id;
+    ngx_ahava_ctx_t  *ctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+
+    id = ngx_pnalloc(r->pool, NGX_AHAVA_NEW_ID_LEN + 1);
+    if (id == NULL || q->nparams + 2 > NGX_AHAVA_PG_MAX_PARAMS) {
+        return NGX_ERROR;
+    }
+
+    ngx_ahava_id_generate(id);
+    id[NGX_AHAVA_NEW_ID_LEN] = '\0';
+
+    q->values[q->nparams++] = (char *) id;
+    q->values[q->nparams++] = (char *) ngx_ahava_role_name(ctx->user.role);
+
+    return NGX_OK;
 }

@@ -365,3 +365,88 @@ ngx_ahava_decrypt_field(ngx_http_request_t *r, json_t *obj, const char *field,
     json_object_set_new(obj, field, s);
     return NGX_OK;
 }
+
+
+/* The ciphertext of plain as a query parameter (SPEC §10, current key) */
+
+char *
+ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain, size_t len)
+{
+    u_char                 *out, **keys;
+    size_t                  n;
+    ngx_ahava_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
+
+    if (amcf->keys == NULL || amcf->keys->nelts == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ahava: no ahava_encryption_key configured");
+        return NULL;
+    }
+
+    keys = amcf->keys->elts;
+
+    n = ngx_ahava_crypto_encrypted_len(len);
+    out = ngx_pnalloc(r->pool, n + 1);
+    if (out == NULL) {
+        return NULL;
+    }
+
+    if (ngx_ahava_crypto_encrypt(keys[0], (const u_char *) plain, len, out,
+                                 &n)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ahava: encryption failed");
+        return NULL;
+    }
+
+    out[n] = '\0';
+
+    return (char *) out;
+}
+
+
+/* A NUL-terminated copy, for query parameters */
+
+char *
+ngx_ahava_pstrz(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, data, len);
+    p[len] = '\0';
+
+    return (char *) p;
+}
+
+
+/* Decrypts the "content" of each message of a JSON array in place */
+
+ngx_int_t
+ngx_ahava_decrypt_messages(ngx_http_request_t *r, json_t *messages)
+{
+    size_t      i;
+    json_t     *m, *content;
+    ngx_str_t   ct;
+
+    json_array_foreach(messages, i, m) {
+        content = json_object_get(m, "content");
+
+        ct.data = (u_char *) json_string_value(content);
+        ct.len = ct.data ? json_string_length(content) : 0;
+
+        if (ngx_ahava_decrypt_field(r, m, "content", "contentError", &ct)
+            == NGX_ERROR)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}

@@ -12,13 +12,6 @@
 #include "ngx_ahava_core.h"
 
 
-#define NGX_AHAVA_TS(col)                                                    \
-    "to_char(" col ", 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')"
-
-#define NGX_AHAVA_PERSON(col)                                                \
-    "(SELECT json_build_object('id', u.id, 'firstName', u.\"firstName\", "   \
-    "'lastName', u.\"lastName\") FROM users u WHERE u.id = " col ")"
-
 /* the visit as both endpoints show it; v has the booking's patientId */
 #define NGX_AHAVA_VISIT_JSON                                                 \
     "'id', v.id, 'bookingId', v.\"bookingId\", 'status', v.status, "         \
@@ -66,7 +59,6 @@ extern const char *ngx_ahava_visit_statuses[];
 ngx_ahava_visit_action_t *ngx_ahava_visit_action(ngx_str_t *name);
 ngx_uint_t ngx_ahava_visit_action_method(ngx_ahava_visit_action_t *action);
 ngx_int_t ngx_ahava_visit_update(ngx_http_request_t *r);
-char *ngx_ahava_visits_user_param(ngx_http_request_t *r);
 
 
 #endif /* _NGX_AHAVA_VISITS_H_INCLUDED_ */

@@ -304,7 +304,7 @@ ngx_ahava_visits_list(ngx_http_request_t *r)
     }
 
     q->nparams = 4;
-    q->values[0] = ngx_ahava_visits_user_param(r);
+    q->values[0] = ngx_ahava_user_param(r);
     q->values[1] = (status >= 0) ? (char *) ngx_ahava_visit_statuses[status]
                                  : NULL;
     q->values[2] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
@@ -401,13 +401,7 @@ ngx_ahava_visits_detail(ngx_http_request_t *r)
         " FROM payments p WHERE p.\"visitId\" = v.id)),"
         " v.\"nurseReport\","
         " (SELECT coalesce(json_agg(json_build_object("
-        "'id', m.id, 'visitId', m.\"visitId\", 'senderId', m.\"senderId\","
-        " 'recipientId', m.\"recipientId\", 'type', m.type,"
-        " 'content', m.content, 'isRead', m.\"isRead\","
-        " 'attachmentUrl', m.\"attachmentUrl\","
-        " 'attachmentType', m.\"attachmentType\","
-        " 'createdAt', " NGX_AHAVA_TS("m.\"createdAt\"") ","
-        " 'updatedAt', " NGX_AHAVA_TS("m.\"updatedAt\"") ")"
+        NGX_AHAVA_MESSAGE_JSON ")"
         " ORDER BY m.\"createdAt\", m.id), '[]'::json)"
         " FROM (SELECT * FROM messages WHERE \"visitId\" = v.id"
         " ORDER BY \"createdAt\" DESC, id DESC LIMIT 50) m)"
@@ -422,7 +416,7 @@ ngx_ahava_visits_detail(ngx_http_request_t *r)
     }
 
     q->nparams = 2;
-    q->values[0] = ngx_ahava_visits_user_param(r);
+    q->values[0] = ngx_ahava_user_param(r);
     q->values[1] = ngx_pnalloc(r->pool, vctx->visit_id.len + 1);
 
     if (q->values[0] == NULL || q->values[1] == NULL) {
@@ -439,9 +433,8 @@ ngx_ahava_visits_detail(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_visits_detail_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
-    size_t      i;
-    json_t     *visit, *messages, *m, *content, *root;
-    ngx_str_t   text, report, ct;
+    json_t     *visit, *messages, *root;
+    ngx_str_t   text, report;
 
     if (q->rc != NGX_OK) {
         return ngx_ahava_pg_result_error(r, q);
@@ -480,17 +473,8 @@ ngx_ahava_visits_detail_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 
     json_object_set_new(visit, "messages", messages);
 
-    json_array_foreach(messages, i, m) {
-        content = json_object_get(m, "content");
-
-        ct.data = (u_char *) json_string_value(content);
-        ct.len = ct.data ? json_string_length(content) : 0;
-
-        if (ngx_ahava_decrypt_field(r, m, "content", "contentError", &ct)
-            == NGX_ERROR)
-        {
-            goto failed;
-        }
+    if (ngx_ahava_decrypt_messages(r, messages) != NGX_OK) {
+        goto failed;
     }
 
     root = json_pack("{s:b, s:o}", "success", 1, "data", visit);
@@ -501,24 +485,4 @@ failed:
 
     json_decref(visit);
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
-}
-
-
-char *
-ngx_ahava_visits_user_param(ngx_http_request_t *r)
-{
-    u_char           *p;
-    ngx_ahava_ctx_t  *ctx;
-
-    ctx = ngx_ahava_get_ctx(r);
-
-    p = ngx_pnalloc(r->pool, ctx->user.id_len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(p, ctx->user.id, ctx->user.id_len);
-    p[ctx->user.id_len] = '\0';
-
-    return (char *) p;
 }

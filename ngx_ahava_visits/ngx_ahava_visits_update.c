@@ -317,7 +317,7 @@ ngx_ahava_visit_update(ngx_http_request_t *r)
     }
 
     q->values[0] = ngx_pnalloc(r->pool, vctx->visit_id.len + 1);
-    q->values[1] = ngx_ahava_visits_user_param(r);
+    q->values[1] = ngx_ahava_user_param(r);
     if (q->values[0] == NULL || q->values[1] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -335,8 +335,7 @@ ngx_ahava_visit_update(ngx_http_request_t *r)
 
     visible = (ctx->user.role == NGX_AHAVA_ROLE_ADMIN)
               ? "$2::text IS NOT NULL"
-              : "(b.\"patientId\" = $2 OR v.\"nurseId\" = $2"
-                " OR v.\"doctorId\" = $2)";
+              : NGX_AHAVA_PARTICIPANT("$2");
 
     condition = a->condition[ctx->user.role] ? a->condition[ctx->user.role]
                                              : a->condition[0];
@@ -351,29 +350,16 @@ ngx_ahava_visit_update(ngx_http_request_t *r)
     audit[0] = '\0';
 
     if (a->audit) {
-        /* the audit row commits with the change or not at all */
         n = q->nparams;
-        q->values[n] = ngx_pnalloc(r->pool, NGX_AHAVA_NEW_ID_LEN + 1);
-        if (q->values[n] == NULL) {
+
+        if (ngx_ahava_audit_params(r, q) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_ahava_id_generate((u_char *) q->values[n]);
-        q->values[n][NGX_AHAVA_NEW_ID_LEN] = '\0';
-        q->values[n + 1] = (char *) ngx_ahava_role_name(ctx->user.role);
-        q->nparams += 2;
-
-        p = ngx_snprintf(audit, sizeof(audit) - 1,
-            ", audit AS (INSERT INTO audit_logs (id, \"userId\","
-            " \"userRole\", action, resource, \"resourceId\", metadata,"
-            " checksum, \"createdAt\") SELECT $%ui::text, $2,"
-            " ($%ui::text)::\"UserRole\", '%s', 'visit', upd.id, m.meta, "
-            NGX_AHAVA_AUDIT_CHECKSUM("$%ui::text", "$2::text", "$%ui::text",
-                                     "'%s'", "'visit'", "upd.id",
-                                     "m.meta::text", "m.t")
-            ", m.t FROM upd, ok, LATERAL (SELECT %s AS meta,"
-            " LOCALTIMESTAMP(3) AS t) m)%Z",
-            n + 1, n + 2, a->audit, n + 1, n + 2, a->audit, a->audit_meta);
+        p = ngx_ahava_audit_cte(audit, audit + sizeof(audit) - 1, n + 1, 2,
+                                n + 2, a->audit, "visit", "upd.id",
+                                "upd, ok", a->audit_meta);
+        *p = '\0';
     }
 
     sql = ngx_pnalloc(r->pool, 8192);
@@ -513,7 +499,7 @@ ngx_ahava_visit_update_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
         ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                       "ahava: security event %s on visit \"%V\" by user "
                       "\"%s\" (%s)", a->audit, &vctx->visit_id,
-                      ngx_ahava_visits_user_param(r),
+                      ngx_ahava_user_param(r),
                       ngx_ahava_role_name(ctx->user.role));
     }
 
@@ -522,7 +508,7 @@ ngx_ahava_visit_update_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
     if (data) {
         json_object_set_new(data, "visitId",
                             json_string(vctx->visit_id_param));
-        (void) ngx_ahava_publish(r, a->event, data, vr.participants, 5);
+        (void) ngx_ahava_publish(r, a->event, data, vr.participants, 5, 0);
     }
 
     root = json_pack("{s:b, s:o}", "success", 1, "data", vr.visit);
@@ -579,41 +565,15 @@ static ngx_int_t
 ngx_ahava_visit_report_params(ngx_http_request_t *r, json_t *body,
     ngx_ahava_pg_query_t *q)
 {
-    json_t                 *v;
-    size_t                  len;
-    u_char                 *out, **keys;
-    ngx_ahava_main_conf_t  *amcf;
+    json_t  *v;
 
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-
-    if (amcf->keys == NULL || amcf->keys->nelts == 0) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ahava: no ahava_encryption_key configured");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    keys = amcf->keys->elts;
     v = json_object_get(body, "nurseReport");
 
-    len = ngx_ahava_crypto_encrypted_len(json_string_length(v));
-    out = ngx_pnalloc(r->pool, len + 1);
-    if (out == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_ahava_crypto_encrypt(keys[0], (u_char *) json_string_value(v),
-                                 json_string_length(v), out, &len)
-        != 0)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    out[len] = '\0';
-
-    q->values[2] = (char *) out;
+    q->values[2] = ngx_ahava_encrypt_param(r, json_string_value(v),
+                                           json_string_length(v));
     q->nparams = 3;
 
-    return NGX_OK;
+    return q->values[2] ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 
@@ -666,19 +626,10 @@ static char *
 ngx_ahava_visit_param(ngx_http_request_t *r, json_t *v)
 {
     u_char  *p;
-    size_t   len;
 
     if (json_is_string(v)) {
-        len = json_string_length(v);
-        p = ngx_pnalloc(r->pool, len + 1);
-        if (p == NULL) {
-            return NULL;
-        }
-
-        ngx_memcpy(p, json_string_value(v), len);
-        p[len] = '\0';
-
-        return (char *) p;
+        return ngx_ahava_pstrz(r, (u_char *) json_string_value(v),
+                               json_string_length(v));
     }
 
     p = ngx_pnalloc(r->pool, 32);
@@ -711,7 +662,7 @@ ngx_ahava_visit_status_event(ngx_http_request_t *r, json_t *body,
     return json_pack("{s:O, s:s%, s:s}",
                      "status", json_object_get(res->visit, "status"),
                      "previousStatus", res->previous.data, res->previous.len,
-                     "updatedBy", ngx_ahava_visits_user_param(r));
+                     "updatedBy", ngx_ahava_user_param(r));
 }
 
 
@@ -730,7 +681,7 @@ ngx_ahava_visit_location_event(ngx_http_request_t *r, json_t *body,
 
     /* the point as stored, so the event and the history agree */
     return json_pack("{s:s, s:O, s:O, s:O}",
-                     "nurseId", ngx_ahava_visits_user_param(r),
+                     "nurseId", ngx_ahava_user_param(r),
                      "lat", json_object_get(last, "lat"),
                      "lng", json_object_get(last, "lng"),
                      "timestamp", json_object_get(last, "timestamp"));
@@ -742,7 +693,7 @@ ngx_ahava_visit_report_event(ngx_http_request_t *r, json_t *body,
     ngx_ahava_visit_result_t *res)
 {
     /* never the report itself: events are not encrypted */
-    return json_pack("{s:s}", "nurseId", ngx_ahava_visits_user_param(r));
+    return json_pack("{s:s}", "nurseId", ngx_ahava_user_param(r));
 }
 
 
@@ -751,7 +702,7 @@ ngx_ahava_visit_review_event(ngx_http_request_t *r, json_t *body,
     ngx_ahava_visit_result_t *res)
 {
     return json_pack("{s:s, s:O}",
-                     "reviewedBy", ngx_ahava_visits_user_param(r),
+                     "reviewedBy", ngx_ahava_user_param(r),
                      "doctorRating", json_object_get(body, "doctorRating"));
 }
 
@@ -766,7 +717,7 @@ ngx_ahava_visit_cancel_event(ngx_http_request_t *r, json_t *body,
 
     return json_pack("{s:s%, s:s, s:O}",
                      "previousStatus", res->previous.data, res->previous.len,
-                     "cancelledBy", ngx_ahava_visits_user_param(r),
+                     "cancelledBy", ngx_ahava_user_param(r),
                      "reason", reason ? reason : json_null());
 }
 
