@@ -655,7 +655,8 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
         return NGX_ERROR;
     }
 
-    ngx_snprintf(opt, 64, "-c statement_timeout=%M -c TimeZone=UTC%Z", amcf->pg_query_timeout);
+    ngx_snprintf(opt, 64, "-c statement_timeout=%M -c TimeZone=UTC%Z",
+                 amcf->pg_query_timeout);
 
     amcf->pg_keywords[i] = "options";
     amcf->pg_values[i++] = (char *) opt;

@@ -43,7 +43,8 @@ ngx_ahava_iso_time(u_char *buf)
 
 /*
  * Publishes one event to each recipient, each once, the actor (the caller)
- * only with NGX_AHAVA_PUBLISH_TO_ACTOR (their other sessions).  Steals the reference to data.  NGX_DECLINED when Redis is down.
+ * only with NGX_AHAVA_PUBLISH_TO_ACTOR (their other sessions).  Steals the
+ * reference to data.  NGX_DECLINED when Redis is down.
  */
 
 ngx_int_t
@@ -73,7 +74,9 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
     len = json_dumpb(root, NULL, 0, NGX_AHAVA_JSON_FLAGS);
     p = ngx_pnalloc(r->pool, len ? len : 1);
 
-    if (p == NULL || json_dumpb(root, (char *) p, len, NGX_AHAVA_JSON_FLAGS) != len) {
+    if (p == NULL
+        || json_dumpb(root, (char *) p, len, NGX_AHAVA_JSON_FLAGS) != len)
+    {
         json_decref(root);
         return NGX_ERROR;
     }

@@ -631,7 +631,8 @@ ngx_ahava_messages_participants(ngx_http_request_t *r)
         " 'firstName', u.\"firstName\", 'lastName', u.\"lastName\","
         " 'role', u.role) ORDER BY p.k) FROM visits v JOIN bookings b"
         " ON b.id = v.\"bookingId\" CROSS JOIN LATERAL (VALUES"
-        " (1, b.\"patientId\"), (2, v.\"nurseId\"), (3, v.\"doctorId\")) p(k, uid)"
+        " (1, b.\"patientId\"), (2, v.\"nurseId\"), (3, v.\"doctorId\"))"
+        " p(k, uid)"
         " JOIN users u ON u.id = p.uid WHERE v.id = $1 AND %s",
         ngx_ahava_messages_visible(r));
     *last = '\0';
