@@ -30,7 +30,9 @@ def script(sql, params, override, head=""):
 
 lst = [s for s in stmts if s[0].startswith("WITH f AS")]
 loc = [s for s in stmts if s[0].startswith("WITH ok AS")]
-if not lst or not loc:
+msend = [s for s in stmts if s[0].startswith("WITH vis AS (SELECT v.id, b.")]
+mlist = [s for s in stmts if s[0].startswith("WITH vis AS (SELECT v.id FROM")]
+if not lst or not loc or not msend or not mlist:
     sys.exit("bench: could not capture the statements (see %s)" % log)
 
 sql, params = lst[-1]
@@ -43,3 +45,10 @@ head = ("\\set n random(1, 200)\n"
 open(out + "/location.sql", "w").write(script(sql, params, {
     1: "('cbenchvisit0000000000' || lpad(:n::text, 4, '0'))",
     3: ":lat", 4: ":lng"}, head))
+
+sql, params = mlist[-1]
+open(out + "/msg_list.sql", "w").write(script(sql, params, {}))
+
+sql, params = msend[-1]
+open(out + "/msg_send.sql", "w").write(script(sql, params, {
+    4: "('c' || substr(md5(random()::text || clock_timestamp()::text), 1, 24))"}))

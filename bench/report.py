@@ -32,7 +32,9 @@ print("| measurement | requests/s | p99 ms | ratio to lower ceiling |")
 print("|---|---:|---:|---:|")
 print("| nginx `return 200` (ceiling 1) | %.0f | %.2f | |" % ceil[:2])
 for name, title in (("list", "GET /api/visits (20 rows, nurse)"),
-                    ("location", "POST /api/visits/:id/location")):
+                    ("location", "POST /api/visits/:id/location"),
+                    ("msg_send", "POST /api/messages"),
+                    ("msg_list", "GET /api/messages/visit/:id (20 of 100)")):
     api = wrk(name)
     pg = pgbench(name)
     low = min(ceil[0], pg[0])

@@ -75,6 +75,7 @@ static void ngx_ahava_pg_retry_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_wait_timeout_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_cleanup(void *data);
 static void ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool);
+static void ngx_ahava_pg_notice(void *arg, const char *message);
 static void ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool);
 static ngx_int_t ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool,
     ngx_ahava_pg_query_t *q, ngx_log_t *log);
@@ -312,6 +313,9 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
         PQfinish(conn);
         return NULL;
     }
+
+    /* libpq would print notices to stderr */
+    PQsetNoticeProcessor(conn, ngx_ahava_pg_notice, pool);
 
     if (PQsetnonblocking(conn, 1) == -1) {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
@@ -1039,6 +1043,16 @@ ngx_ahava_pg_cleanup(void *data)
         pc->query = NULL;
         q->conn = NULL;
     }
+}
+
+
+static void
+ngx_ahava_pg_notice(void *arg, const char *message)
+{
+    ngx_ahava_pg_pool_t  *pool = arg;
+
+    ngx_log_error(NGX_LOG_NOTICE, pool->log, 0, "ahava: postgresql: %s",
+                  message);
 }
 
 

@@ -123,7 +123,7 @@ sub wait_all {
         $by{fileno $_}->_write for @{ $w || [] };
         $by{fileno $_}->_read  for @{ $r || [] };
     }
-    $_->{timed_out} = 1 for grep { !$_->{done} } @$conns;
+    $_->{timed_out} = !$_->{done} for @$conns;
     return $conns;
 }
 

@@ -17,6 +17,7 @@ package Ahava::Test::Nginx;
 use strict;
 use warnings;
 
+use Cwd ();
 use File::Basename qw(basename);
 use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(time);
@@ -31,6 +32,24 @@ sub modules {
     return (repo_root() . '/build/ngx_ahava_core_module.so');
 }
 
+# TEST_NGINX_ASAN=1 (make test-asan): the module is an ASan/UBSan build;
+# libasan is preloaded into nginx only (not into psql, redis, ...), leak
+# detection off (nginx does not free its cycle pool at exit by design).
+sub sanitizer_env {
+    return () unless $ENV{TEST_NGINX_ASAN};
+    my $lib = $ENV{TEST_NGINX_ASAN_LIB};
+    unless ($lib) {
+        ($lib) = `gcc -print-file-name=libasan.so` =~ /(\S+)/;
+        $lib = Cwd::abs_path($lib) if $lib && -e $lib;
+    }
+    die "TEST_NGINX_ASAN: libasan not found (set TEST_NGINX_ASAN_LIB)\n"
+        unless $lib && -e $lib;
+    return (LD_PRELOAD    => $lib,
+            ASAN_OPTIONS  => $ENV{ASAN_OPTIONS}
+                             || 'detect_leaks=0:abort_on_error=1:detect_odr_violation=0',
+            UBSAN_OPTIONS => $ENV{UBSAN_OPTIONS} || 'print_stacktrace=1:halt_on_error=1');
+}
+
 sub new {
     my ($class, %o) = @_;
     my $self = bless {
@@ -41,6 +60,7 @@ sub new {
         vars      => {},
         %o,
     }, $class;
+    $self->{env} = { sanitizer_env(), %{ $self->{env} } };
     $self->{port} ||= free_port();
     my $file = basename($0);
     $file =~ s/\.t$//;
@@ -76,8 +96,10 @@ sub write_config {
 
     my $main = '';
     $main .= "load_module $_;\n" for modules();
+    # keep the sanitizer settings in the workers' environment too
     for my $v (qw(LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS)) {
-        $main .= "env $v;\n" if defined $ENV{$v};
+        my $val = exists $self->{env}{$v} ? $self->{env}{$v} : $ENV{$v};
+        $main .= "env $v;\n" if defined $val;
     }
     my $http = $self->render($self->{config} // '');
     my $extra_main = $self->render($self->{main_config} // '');
