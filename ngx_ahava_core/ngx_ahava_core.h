@@ -102,7 +102,9 @@ typedef struct {
     ngx_msec_t                 redis_timeout;
 
     /* JWT */
-    ngx_str_t                  jwt_key;         /* secret or public key */
+    ngx_str_t                  jwt_secret;      /* secret */
+    ngx_str_t                  jwt_public_key;
+    ngx_str_t                  jwt_key;         /* the one the alg uses */
     ngx_int_t                  jwt_alg;         /* libjwt's jwt_alg_t */
     ngx_str_t                  jwt_alg_name;
 

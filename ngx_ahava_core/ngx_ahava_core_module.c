@@ -14,6 +14,7 @@
 
 static void *ngx_ahava_create_main_conf(ngx_conf_t *cf);
 static char *ngx_ahava_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_ahava_conf_fail(ngx_conf_t *cf, const char *message);
 static char *ngx_ahava_database(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_ahava_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -86,14 +87,14 @@ static ngx_command_t  ngx_ahava_core_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_ahava_secret,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_ahava_main_conf_t, jwt_key),
+      offsetof(ngx_ahava_main_conf_t, jwt_secret),
       NULL },
 
     { ngx_string("ahava_jwt_public_key"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_ahava_secret,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_ahava_main_conf_t, jwt_key),
+      offsetof(ngx_ahava_main_conf_t, jwt_public_key),
       NULL },
 
     { ngx_string("ahava_jwt_algorithm"),
@@ -197,6 +198,16 @@ ngx_ahava_create_main_conf(ngx_conf_t *cf)
 }
 
 
+/* init_main_conf's own message: nginx would name the last directive read */
+
+static char *
+ngx_ahava_conf_fail(ngx_conf_t *cf, const char *message)
+{
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "ahava: %s", message);
+    return NGX_CONF_ERROR;
+}
+
+
 static char *
 ngx_ahava_init_main_conf(ngx_conf_t *cf, void *conf)
 {
@@ -217,7 +228,7 @@ ngx_ahava_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (amcf->pg_pool_size == 0) {
-        return "ahava_pg_pool_size must be at least 1";
+        return ngx_ahava_conf_fail(cf, "ahava_pg_pool_size must be at least 1");
     }
 
     if (amcf->pg_conninfo.len
@@ -226,9 +237,30 @@ ngx_ahava_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /* HMAC algorithms take the secret, the others a public key */
+    if (amcf->jwt_alg_name.data[0] == 'H') {
+        amcf->jwt_key = amcf->jwt_secret;
+
+        if (amcf->jwt_public_key.len) {
+            return ngx_ahava_conf_fail(cf, "ahava_jwt_public_key does not "
+                                       "go with an HS* ahava_jwt_algorithm");
+        }
+
+    } else {
+        amcf->jwt_key = amcf->jwt_public_key;
+
+        if (amcf->jwt_secret.len) {
+            return ngx_ahava_conf_fail(cf, "ahava_jwt_secret does not go "
+                                       "with an RS* or ES* "
+                                       "ahava_jwt_algorithm; use "
+                                       "ahava_jwt_public_key");
+        }
+    }
+
     if (amcf->pg_conninfo.len && amcf->jwt_key.len == 0) {
-        return "ahava_jwt_secret (or ahava_jwt_public_key) is required "
-               "with ahava_database";
+        return ngx_ahava_conf_fail(cf, (amcf->jwt_alg_name.data[0] == 'H')
+                   ? "ahava_jwt_secret is required with ahava_database"
+                   : "ahava_jwt_public_key is required with ahava_database");
     }
 
     return NGX_CONF_OK;
@@ -395,8 +427,7 @@ ngx_ahava_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     field = (ngx_str_t *) (p + cmd->offset);
 
     if (field->data) {
-        return "is duplicate (ahava_jwt_secret and ahava_jwt_public_key "
-               "exclude each other)";
+        return "is duplicate";
     }
 
     value = cf->args->elts;
