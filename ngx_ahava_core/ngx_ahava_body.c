@@ -177,7 +177,9 @@ parsed:
         return ngx_ahava_send_error(r, NGX_HTTP_BAD_REQUEST,
                                     "VALIDATION_ERROR",
                                     "Request body must be a JSON object",
-                                    NULL);
+                                    json_pack("[{s:s, s:s}]", "field", "body",
+                                              "message",
+                                              "must be a JSON object"));
     }
 
     ctx->body = root;

@@ -27,8 +27,6 @@
 #define NGX_AHAVA_PG_MAX_PARAMS     16
 #define NGX_AHAVA_NEW_ID_LEN        25
 
-/* 15 digits: -26.2 stays -26.2 instead of jansson's -26.199999999999999 */
-#define NGX_AHAVA_JSON_FLAGS        (JSON_COMPACT|JSON_REAL_PRECISION(15))
 #define NGX_AHAVA_ISO_TIME_LEN      24
 
 
@@ -274,6 +272,8 @@ ngx_int_t ngx_ahava_arg_uint(ngx_http_request_t *r, const char *name,
     json_t *details);
 ngx_int_t ngx_ahava_arg_enum(ngx_http_request_t *r, const char *name,
     const char **allowed, ngx_int_t def, ngx_int_t *value, json_t *details);
+ngx_int_t ngx_ahava_json_dump(ngx_pool_t *pool, json_t *root,
+    ngx_str_t *out);
 json_t *ngx_ahava_json_loadn(ngx_http_request_t *r, ngx_str_t *text);
 char *ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain,
     size_t len);

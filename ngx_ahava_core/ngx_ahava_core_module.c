@@ -610,18 +610,18 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
             has_ssl = 1;
         }
 
-        amcf->pg_keywords[i] = (char *) ngx_pstrdup(cf->pool,
-                                   &(ngx_str_t) { ngx_strlen(o->keyword),
-                                                  (u_char *) o->keyword });
-        amcf->pg_values[i] = ngx_palloc(cf->pool, ngx_strlen(o->val) + 1);
+        amcf->pg_keywords[i] = ngx_pnalloc(cf->pool,
+                                           ngx_strlen(o->keyword) + 1);
+        amcf->pg_values[i] = ngx_pnalloc(cf->pool, ngx_strlen(o->val) + 1);
         if (amcf->pg_keywords[i] == NULL || amcf->pg_values[i] == NULL) {
             PQconninfoFree(opts);
             return NGX_ERROR;
         }
 
+        ngx_cpystrn((u_char *) amcf->pg_keywords[i], (u_char *) o->keyword,
+                    ngx_strlen(o->keyword) + 1);
         ngx_cpystrn((u_char *) amcf->pg_values[i], (u_char *) o->val,
                     ngx_strlen(o->val) + 1);
-        amcf->pg_keywords[i][ngx_strlen(o->keyword)] = '\0';
 
         if (ngx_strcmp(o->keyword, "host") == 0) {
             host = amcf->pg_values[i];

@@ -21,7 +21,8 @@
     " SELECT $1::text, $2::text, ($3::text)::\"UserRole\", $4::text,"        \
     " $5::text, $6::text, ($7::text)::jsonb, "                               \
     NGX_AHAVA_AUDIT_CHECKSUM("$1::text", "$2::text", "$3::text", "$4::text", \
-                             "$5::text", "$6::text", "$7::text", "n.t")      \
+                             "$5::text", "$6::text",                         \
+                             "($7::text)::jsonb::text", "n.t")               \
     ", n.t FROM (SELECT LOCALTIMESTAMP(3) AS t) n"
 
 
@@ -52,8 +53,8 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
     char **recipients, ngx_uint_t n, ngx_uint_t flags)
 {
     u_char                  ts[NGX_AHAVA_ISO_TIME_LEN + 1], *p;
-    size_t                  len;
     json_t                 *root;
+    ngx_str_t               payload;
     ngx_int_t               rc;
     ngx_uint_t              i, j, sent;
     ngx_ahava_ctx_t        *ctx;
@@ -71,17 +72,12 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
         return NGX_ERROR;
     }
 
-    len = json_dumpb(root, NULL, 0, NGX_AHAVA_JSON_FLAGS);
-    p = ngx_pnalloc(r->pool, len ? len : 1);
+    rc = ngx_ahava_json_dump(r->pool, root, &payload);
+    json_decref(root);
 
-    if (p == NULL
-        || json_dumpb(root, (char *) p, len, NGX_AHAVA_JSON_FLAGS) != len)
-    {
-        json_decref(root);
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
-
-    json_decref(root);
 
     rc = NGX_OK;
     sent = 0;
@@ -109,7 +105,8 @@ ngx_ahava_publish(ngx_http_request_t *r, const char *type, json_t *data,
 
         rc = ngx_ahava_redis_command(amcf->redis, NULL, NULL,
                                      "PUBLISH ahava:user:%s %b",
-                                     recipients[i], p, len);
+                                     recipients[i], payload.data,
+                                     payload.len);
         if (rc != NGX_OK) {
             break;
         }
@@ -140,8 +137,7 @@ void
 ngx_ahava_audit(ngx_http_request_t *r, const char *action,
     const char *resource, ngx_str_t *resource_id, json_t *metadata)
 {
-    char                   *meta;
-    u_char                 *id;
+    ngx_str_t               meta;
     ngx_pool_t             *pool;
     ngx_ahava_ctx_t        *ctx;
     ngx_ahava_pg_query_t   *q;
@@ -150,43 +146,50 @@ ngx_ahava_audit(ngx_http_request_t *r, const char *action,
     amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
     ctx = ngx_ahava_get_ctx(r);
 
-    meta = metadata ? json_dumps(metadata, NGX_AHAVA_JSON_FLAGS) : NULL;
+    ngx_str_null(&meta);
 
-    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
-                  "ahava: security event %s on %s \"%V\" by user \"%*s\" "
-                  "(%s) %s", action, resource,
-                  resource_id ? resource_id : &(ngx_str_t) ngx_null_string,
-                  ctx ? ctx->user.id_len : 0, ctx ? ctx->user.id : NULL,
-                  (ctx && ctx->user.role) ? ngx_ahava_role_name(ctx->user.role)
-                                          : "-",
-                  meta ? meta : "");
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+
+    if (pool && metadata) {
+        (void) ngx_ahava_json_dump(pool, metadata, &meta);
+    }
 
     if (metadata) {
         json_decref(metadata);
     }
 
-    pool = ngx_create_pool(1024, ngx_cycle->log);
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "ahava: security event %s on %s \"%V\" by user \"%*s\" "
+                  "(%s) %V", action, resource,
+                  resource_id ? resource_id : &(ngx_str_t) ngx_null_string,
+                  ctx ? ctx->user.id_len : 0, ctx ? ctx->user.id : NULL,
+                  (ctx && ctx->user.role) ? ngx_ahava_role_name(ctx->user.role)
+                                          : "-",
+                  &meta);
+
     if (pool == NULL) {
         goto failed;
     }
 
     q = ngx_pcalloc(pool, sizeof(ngx_ahava_pg_query_t));
-    id = ngx_pnalloc(pool, NGX_AHAVA_NEW_ID_LEN + 1);
-    if (q == NULL || id == NULL) {
+    if (q == NULL) {
         goto failed;
     }
 
     q->own_pool = pool;
     q->sql.data = (u_char *) NGX_AHAVA_AUDIT_SQL;
     q->sql.len = sizeof(NGX_AHAVA_AUDIT_SQL) - 1;
-    q->nparams = 7;
 
-    ngx_ahava_id_generate(id);
-    id[NGX_AHAVA_NEW_ID_LEN] = '\0';
-    q->values[0] = (char *) id;
+    q->values[0] = ngx_pnalloc(pool, NGX_AHAVA_NEW_ID_LEN + 1);
+    if (q->values[0] == NULL) {
+        goto failed;
+    }
+
+    ngx_ahava_id_generate((u_char *) q->values[0]);
+    q->values[0][NGX_AHAVA_NEW_ID_LEN] = '\0';
 
     if (ctx && ctx->user.id_len) {
-        q->values[1] = (char *) ngx_pnalloc(pool, ctx->user.id_len + 1);
+        q->values[1] = ngx_pnalloc(pool, ctx->user.id_len + 1);
         if (q->values[1] == NULL) {
             goto failed;
         }
@@ -203,7 +206,7 @@ ngx_ahava_audit(ngx_http_request_t *r, const char *action,
     q->values[4] = (char *) resource;
 
     if (resource_id && resource_id->len) {
-        q->values[5] = (char *) ngx_pnalloc(pool, resource_id->len + 1);
+        q->values[5] = ngx_pnalloc(pool, resource_id->len + 1);
         if (q->values[5] == NULL) {
             goto failed;
         }
@@ -212,17 +215,8 @@ ngx_ahava_audit(ngx_http_request_t *r, const char *action,
                     resource_id->len + 1);
     }
 
-    if (meta) {
-        q->values[6] = (char *) ngx_pstrdup(pool,
-                                 &(ngx_str_t) { ngx_strlen(meta) + 1,
-                                                (u_char *) meta });
-        free(meta);
-        meta = NULL;
-
-        if (q->values[6] == NULL) {
-            goto failed;
-        }
-    }
+    q->values[6] = (char *) meta.data;
+    q->nparams = 7;
 
     if (ngx_ahava_pg_background(amcf->pg, q) == NGX_OK) {
         return;
@@ -233,10 +227,6 @@ failed:
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "ahava: security event %s not written to audit_logs",
                   action);
-
-    if (meta) {
-        free(meta);
-    }
 
     if (pool) {
         ngx_destroy_pool(pool);

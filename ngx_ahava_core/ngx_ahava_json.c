@@ -24,6 +24,14 @@ ngx_ahava_send_raw(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
         return NGX_ERROR;
     }
 
+    /*
+     * an answer given before the body was read (405, 404, 401...): the
+     * body must still go, or a pipelined next request would start inside it
+     */
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
     r->headers_out.status = status;
     r->headers_out.content_length_n = body->len;
     ngx_str_set(&r->headers_out.content_type,
@@ -69,25 +77,17 @@ ngx_ahava_send_raw(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
 ngx_int_t
 ngx_ahava_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
 {
-    size_t     size;
+    ngx_int_t  rc;
     ngx_str_t  body;
 
     if (root == NULL) {
         return NGX_ERROR;
     }
 
-    size = json_dumpb(root, NULL, 0, NGX_AHAVA_JSON_FLAGS);
-
-    body.data = ngx_pnalloc(r->pool, size ? size : 1);
-    if (body.data == NULL) {
-        json_decref(root);
-        return NGX_ERROR;
-    }
-
-    body.len = json_dumpb(root, (char *) body.data, size, NGX_AHAVA_JSON_FLAGS);
+    rc = ngx_ahava_json_dump(r->pool, root, &body);
     json_decref(root);
 
-    if (body.len != size) {
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -133,6 +133,17 @@ ngx_ahava_send_status_error(ngx_http_request_t *r, ngx_uint_t status)
     case NGX_HTTP_BAD_REQUEST:
         code = "VALIDATION_ERROR";
         message = "Bad request";
+        break;
+
+    case NGX_HTTP_REQUEST_HEADER_TOO_LARGE:
+        status = NGX_HTTP_BAD_REQUEST;
+        code = "VALIDATION_ERROR";
+        message = "Request header too large";
+        break;
+
+    case NGX_HTTP_REQUEST_URI_TOO_LARGE:
+        code = "VALIDATION_ERROR";
+        message = "Request URI too long";
         break;
 
     case NGX_HTTP_UNAUTHORIZED:

@@ -177,6 +177,7 @@ ngx_ahava_redis_connect(ngx_ahava_redis_t *redis)
     }
 
     redis->ac = ac;
+    ac->data = redis;
 
     /* after attach: in 0.14 this arms the write event that signals connect */
     redisAsyncSetConnectCallback(ac, ngx_ahava_redis_connected);
@@ -345,6 +346,11 @@ ngx_ahava_redis_cleanup(void *data)
     w->ac->ev.data = NULL;
     w->dead = 1;
 
+    /*
+     * hiredis 0.14 calls this before the disconnect callback, which finds
+     * our client through ac->data
+     */
+
     if (!w->in_handler) {
         ngx_free(w);
     }
@@ -354,16 +360,10 @@ ngx_ahava_redis_cleanup(void *data)
 static void
 ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
 {
-    ngx_ahava_redis_adapter_t  *w;
     ngx_ahava_redis_t          *redis;
     ngx_ahava_main_conf_t      *amcf;
 
-    w = ac->ev.data;
-    if (w == NULL) {
-        return;
-    }
-
-    redis = w->redis;
+    redis = ac->data;
     amcf = redis->amcf;
 
     if (status != REDIS_OK) {
@@ -403,15 +403,9 @@ ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
 static void
 ngx_ahava_redis_disconnected(const redisAsyncContext *ac, int status)
 {
-    ngx_ahava_redis_adapter_t  *w;
-    ngx_ahava_redis_t          *redis;
+    ngx_ahava_redis_t  *redis;
 
-    w = ac->ev.data;
-    if (w == NULL) {
-        return;
-    }
-
-    redis = w->redis;
+    redis = ac->data;
 
     if (redis->ac == ac) {
         redis->ac = NULL;
@@ -496,29 +490,31 @@ ngx_ahava_redis_ping_handler(ngx_event_t *ev)
 static void
 ngx_ahava_redis_reply(redisAsyncContext *ac, void *r, void *data)
 {
-    redisReply                 *reply = r;
-    ngx_ahava_redis_adapter_t  *w;
+    redisReply         *reply = r;
+    ngx_ahava_redis_t  *redis;
 
-    w = ac->ev.data;
-    if (w == NULL) {
+    redis = ac->data;
+
+    if (reply == NULL) {
+        /* the context is going away: its callbacks get no reply */
         return;
     }
 
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, w->redis->log, 0,
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
                       "ahava: redis %s failed: %s", (char *) data,
-                      reply ? reply->str : "no reply");
+                      reply->str);
 
-        if (reply && ngx_strcmp(data, "PING") != 0) {
+        if (ngx_strcmp(data, "PING") != 0) {
             /* bad AUTH or SELECT: report unhealthy rather than misbehave */
-            w->redis->connected = 0;
+            redis->connected = 0;
         }
 
         return;
     }
 
     if (ngx_strcmp(data, "PING") == 0) {
-        w->redis->ping_pending = 0;
+        redis->ping_pending = 0;
     }
 }
 

@@ -356,7 +356,9 @@ ngx_ahava_message_send(ngx_http_request_t *r)
         /* an attachment must be the sender's upload: there are none yet */
         return ngx_ahava_send_error(r, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
-                   json_pack("[{s:s, s:s}]", "field", "attachmentUrl",
+                   json_pack("[{s:s, s:s}]", "field",
+                             (url && !json_is_null(url)) ? "attachmentUrl"
+                                                         : "attachmentType",
                              "message", "attachments are not accepted yet: "
                                         "uploads are not available"));
     }
@@ -389,7 +391,8 @@ ngx_ahava_message_send(ngx_http_request_t *r)
                        json_string_length(json_object_get(body,
                                                           "recipientId")));
     q->values[3] = (char *) id;
-    q->values[4] = (char *) (type ? json_string_value(type) : "TEXT");
+    q->values[4] = (char *) (json_is_string(type) ? json_string_value(type)
+                                                  : "TEXT");
     q->values[5] = ngx_ahava_encrypt_param(r, json_string_value(content),
                                            json_string_length(content));
 
