@@ -63,7 +63,7 @@ sub no_secrets {
     spew("$dir/ahava.conf", $rendered);
     my ($rc, $out) = run_capture([Ahava::Test::Nginx::binary(), '-p', "$dir/",
         '-c', "$dir/nginx.conf", '-e', "$dir/logs/nginx-error.log", '-t'],
-        env => { map { $_ => env_value($_) }
+        env => { Ahava::Test::Nginx::sanitizer_env(), map { $_ => env_value($_) }
                  qw(DATABASE_URL REDIS_URL JWT_SECRET ENCRYPTION_KEY) });
     is($rc, 0, 'nginx -t succeeds with conf.d/nginx.conf + conf.d/ahava.conf rendered')
         or diag($out);
