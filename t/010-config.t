@@ -126,14 +126,7 @@ for my $alg (qw(FOO none hs256 HS1024)) {
 }
 
 # any valid DATABASE_URL is accepted, whatever the length of its parts
-TODO: {
-    # BUG: ngx_ahava_pg_params() copies each libpq keyword with ngx_pstrdup()
-    # (no room for a NUL) and then writes the NUL one byte past it; when the
-    # next (aligned) allocation starts right there, that byte is the first
-    # byte of the value: with postgresql://postgres@127.0.0.1:PORT/NAME and a
-    # NAME of 8k+3 characters the host becomes "" and nginx refuses to start
-    # ([emerg] ahava_database: host "" not found).
-    local $TODO = 'BUG: one-byte heap overflow in ngx_ahava_pg_params blanks a conninfo value';
+{
     my (@failed, $example_out);
     for my $len (20 .. 35) {
         my $db = 'd' x $len;

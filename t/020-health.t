@@ -65,13 +65,7 @@ for my $who (qw(admin patient1)) {
 api_ok(response(GET => "/api/visits/$ID{visit3}", as => 'nurse1'),
        'GET /api/visits/:id is 200 while Redis is down');
 
-TODO: {
-    # BUG: the module never notices that Redis went away.  hiredis runs the
-    # adapter's ev.cleanup (which sets ac->ev.data = NULL) *before* the
-    # disconnect callback, so ngx_ahava_redis_disconnected() returns early:
-    # "connected" stays 1, the freed context stays in redis->ac (the PING
-    # timer and exit_process use it after free) and no reconnect is scheduled.
-    local $TODO = 'BUG: Redis disconnect not detected (hiredis cleanup before disconnect callback)';
+{
 
     $r = poll_until(10, sub { my $r = request(GET => '/health'); $r->status == 503 && $r });
     ok($r, '/health turns 503 once Redis is down') or diag(response(GET => '/health')->dump);
@@ -93,17 +87,10 @@ $r = poll_until(15, sub { my $r = request(GET => '/health'); $r->status == 200 &
 ok($r, '/health is 200 again once Redis is back (no nginx restart)')
     or diag(response(GET => '/health')->dump);
 is_deeply($r && $r->json, $OK, '... with the ok body');
-TODO: {
-    local $TODO = 'BUG: no reconnect after a Redis disconnect (see above)';
+{
     ok(poll_until(10, sub { $redis->clients >= 1 }),
        'nginx reconnected to the restarted Redis');
 }
 api_ok(response(GET => '/api/visits', as => 'admin'), 'the API still works');
 
-# BUG: with the stale context the worker crashes at exit: redisAsyncFree() of
-# the already freed context in ngx_ahava_redis_destroy() (exit_process):
-# "[alert] worker process ... exited on signal 6/11"; under ASan "SEGV ... in
-# ngx_ahava_redis_destroy ngx_ahava_redis.c".
-my $crash = 'BUG: worker crashes on QUIT after a Redis disconnect (use after free)';
-done_ahava(log_todo => { alert => $crash, crash => $crash,
-                         $ENV{TEST_NGINX_ASAN} ? (sanitizer => $crash) : () });
+done_ahava();

@@ -78,23 +78,12 @@ for my $case (['POST', '/api/visits'], ['PUT', '/api/visits'], ['DELETE', '/api/
     api_error_is($r, 400, 'VALIDATION_ERROR', 'a bad Content-Length: JSON 400');
 }
 
-TODO: {
-    # BUG (conf.d/ahava.conf): nginx raises 494 ("Request Header Or Cookie
-    # Too Large") for a header line over the 8k buffer; error_page lists 400
-    # but not 494, so nginx's own HTML page is sent on /api/visits.
-    local $TODO = 'BUG (config): error_page does not cover 494, an HTML page is sent';
+{
     my $r = response(GET => '/api/visits', headers => { Authorization => 'Bearer ' . ('x' x 10_000) });
     ok($r->status == 400 && $r->is_json && $r->raw !~ /<html/i,
        'a 10 KB header line: a JSON 400') or diag($r->dump);
 }
-TODO: {
-    # BUG (conf.d/ahava.conf): when the request line is too long or cannot
-    # be parsed, nginx has no URI and the redirect to the named location
-    # @ahava_error fails ("empty URI in redirect to named location"): an
-    # HTML 500 instead of a JSON 414/400.  error_page to a URI location
-    # (e.g. "location = /_ahava_error { internal; ahava_error_page; }")
-    # does not have this limitation.
-    local $TODO = 'BUG (config): a bad or too long request line gets an HTML 500 via the named error location';
+{
     my $r = response(GET => '/api/visits?q=' . ('x' x 9000), token => $admin);
     ok($r->status == 414 && $r->is_json && $r->raw !~ /<html/i, 'a 9 KB URI: a JSON 414')
         or diag($r->dump);
@@ -106,11 +95,6 @@ TODO: {
 }
 
 # --- the connection stays usable after an early error on a request with a body ---------
-# BUG: these answers are sent without reading or discarding the request
-# body (ngx_ahava_send_status_error before ngx_http_discard_request_body in
-# the visits router and in /health), so on a keep-alive connection the body
-# bytes are parsed as the next request: the pipelined GET /health after it
-# gets an error instead of 200.
 for my $case (['POST', '/api/visits', 405], ['POST', '/health', 405],
               ['GET', '/api/visits/bad.id', 404], ['GET', '/api/visits/a/b', 404])
 {
@@ -123,8 +107,7 @@ for my $case (['POST', '/api/visits', 405], ['POST', '/health', 405],
     Ahava::Test::HTTP::wait_all([$c], 10);
     my @r = $c->responses;
     is($r[0] && $r[0]->status, $status, "keep-alive: $m $p with a body: $status");
-    TODO: {
-        local $TODO = 'BUG: early error answer does not discard the request body (keep-alive desync)';
+    {
         ok(@r == 2 && $r[1]->status == 200 && ($r[1]->json || {})->{status},
            "... then a pipelined GET /health on the same connection: 200")
             or diag(join "\n---\n", map { $_->dump } @r);
