@@ -24,7 +24,11 @@ def script(sql, params, override, head=""):
         n = int(m.group(1))
         if n in override:
             return override[n]
-        return params[n]          # a literal: constant for the whole run
+        v = params[n]             # a literal: constant for the whole run
+        if ":" in v:
+            # pgbench would read ":name" inside it as one of its variables
+            v = "E" + v.replace("\\", "\\\\").replace(":", "\\x3a")
+        return v
     return head + re.sub(r"\$(\d+)", sub, sql) + ";\n"
 
 

@@ -537,8 +537,12 @@ ngx_ahava_messages_list(ngx_http_request_t *r)
     last = ngx_snprintf(sql, 2047,
         "WITH vis AS (SELECT v.id FROM visits v JOIN bookings b"
         " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND %s),"
-        " f AS (SELECT m.* FROM messages m JOIN vis ON m.\"visitId\" = vis.id"
-        " WHERE NOT $3::bool OR (m.\"recipientId\" = $2 AND NOT m.\"isRead\"))"
+        /* $1 itself, not a join with vis: the planner must see the
+         * constant to use the (visitId, createdAt) index */
+        " f AS (SELECT m.* FROM messages m WHERE m.\"visitId\" = $1"
+        " AND EXISTS (SELECT 1 FROM vis)"
+        " AND (NOT $3::bool OR (m.\"recipientId\" = $2"
+        " AND NOT m.\"isRead\")))"
         " SELECT (SELECT count(*) FROM vis), (SELECT count(*) FROM f),"
         " (SELECT coalesce(json_agg(json_build_object(" NGX_AHAVA_MESSAGE_JSON
         ") ORDER BY m.\"createdAt\", m.id), '[]'::json) FROM"
