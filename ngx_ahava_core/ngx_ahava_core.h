@@ -207,7 +207,10 @@ extern ngx_module_t  ngx_ahava_core_module;
 /* module glue */
 ngx_int_t ngx_ahava_content(ngx_http_request_t *r, ngx_ahava_step_pt step);
 ngx_ahava_ctx_t *ngx_ahava_get_ctx(ngx_http_request_t *r);
+char *ngx_ahava_conf_set_handler(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 char *ngx_ahava_user_param(ngx_http_request_t *r);
+void ngx_ahava_forget_connection(ngx_connection_t *c);
 ngx_int_t ngx_ahava_secret_value(ngx_conf_t *cf, ngx_str_t *spec,
     ngx_str_t *value);
 

@@ -24,8 +24,6 @@ static char *ngx_ahava_jwt_algorithm(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_ahava_encryption_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_ahava_set_handler(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static ngx_int_t ngx_ahava_pg_params(ngx_conf_t *cf,
     ngx_ahava_main_conf_t *amcf);
 static ngx_int_t ngx_ahava_init_process(ngx_cycle_t *cycle);
@@ -127,14 +125,14 @@ static ngx_command_t  ngx_ahava_core_commands[] = {
 
     { ngx_string("ahava_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_set_handler,
+      ngx_ahava_conf_set_handler,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       (void *) ngx_ahava_health_handler },
 
     { ngx_string("ahava_error_page"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_set_handler,
+      ngx_ahava_conf_set_handler,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       (void *) ngx_ahava_error_page_handler },
@@ -515,8 +513,10 @@ ngx_ahava_encryption_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static char *
-ngx_ahava_set_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+/* A location's content handler: the directive's post field */
+
+char *
+ngx_ahava_conf_set_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -817,4 +817,47 @@ ngx_ahava_user_param(ngx_http_request_t *r)
     p[ctx->user.id_len] = '\0';
 
     return (char *) p;
+}
+
+
+/*
+ * Gives back the nginx side of a connection whose socket a library owns
+ * (libpq's PQfinish, hiredis's redisFree close it): events, timers and the
+ * connection slot, but not the fd.
+ */
+
+void
+ngx_ahava_forget_connection(ngx_connection_t *c)
+{
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (ngx_del_conn) {
+        ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+    } else {
+        if (c->read->active) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->fd = (ngx_socket_t) -1;
+    ngx_free_connection(c);
 }

@@ -77,6 +77,9 @@ static void ngx_ahava_pg_cleanup(void *data);
 static void ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_notice(void *arg, const char *message);
 static void ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool);
+static ngx_ahava_pg_query_t *ngx_ahava_pg_next_waiter(
+    ngx_ahava_pg_pool_t *pool);
+static void ngx_ahava_pg_unwait(ngx_ahava_pg_query_t *q);
 static ngx_int_t ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool,
     ngx_ahava_pg_query_t *q, ngx_log_t *log);
 
@@ -689,7 +692,6 @@ done:
 static void
 ngx_ahava_pg_release(ngx_ahava_pg_conn_t *pc)
 {
-    ngx_queue_t           *qu;
     ngx_ahava_pg_pool_t   *pool;
     ngx_ahava_pg_query_t  *q;
 
@@ -706,18 +708,9 @@ ngx_ahava_pg_release(ngx_ahava_pg_conn_t *pc)
     pc->state = NGX_AHAVA_PG_IDLE;
     ngx_ahava_pg_set_events(pc, 1, 0);
 
-    while (!ngx_queue_empty(&pool->waiters)) {
-        qu = ngx_queue_head(&pool->waiters);
-        q = ngx_queue_data(qu, ngx_ahava_pg_query_t, queue);
+    q = ngx_ahava_pg_next_waiter(pool);
 
-        ngx_queue_remove(qu);
-        pool->nwaiters--;
-        q->waiting = 0;
-
-        if (q->wait_timer.timer_set) {
-            ngx_del_timer(&q->wait_timer);
-        }
-
+    if (q) {
         if (ngx_ahava_pg_start(pc, q) == NGX_OK) {
             return;
         }
@@ -748,38 +741,8 @@ ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc, ngx_int_t rc)
     ngx_queue_remove(&pc->queue);
     pool->nconns--;
 
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-    } else {
-        if (c->read->active) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
     /* PQfinish() closes the socket, not nginx */
-    c->fd = (ngx_socket_t) -1;
-    ngx_free_connection(c);
+    ngx_ahava_forget_connection(c);
 
     if (pc->result) {
         PQclear(pc->result);
@@ -803,7 +766,6 @@ ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc, ngx_int_t rc)
 static void
 ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool)
 {
-    ngx_queue_t           *qu;
     ngx_ahava_pg_conn_t   *pc;
     ngx_ahava_pg_query_t  *q;
 
@@ -813,16 +775,7 @@ ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool)
         return;
     }
 
-    qu = ngx_queue_head(&pool->waiters);
-    q = ngx_queue_data(qu, ngx_ahava_pg_query_t, queue);
-
-    ngx_queue_remove(qu);
-    pool->nwaiters--;
-    q->waiting = 0;
-
-    if (q->wait_timer.timer_set) {
-        ngx_del_timer(&q->wait_timer);
-    }
+    q = ngx_ahava_pg_next_waiter(pool);
 
     pc = ngx_ahava_pg_connect(pool);
     if (pc == NULL) {
@@ -970,31 +923,47 @@ ngx_ahava_pg_wait_timeout_handler(ngx_event_t *ev)
     ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                   "ahava: waited too long for a postgresql connection");
 
+    ngx_ahava_pg_unwait(q);
+    ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
+}
+
+
+static ngx_ahava_pg_query_t *
+ngx_ahava_pg_next_waiter(ngx_ahava_pg_pool_t *pool)
+{
+    ngx_ahava_pg_query_t  *q;
+
+    if (ngx_queue_empty(&pool->waiters)) {
+        return NULL;
+    }
+
+    q = ngx_queue_data(ngx_queue_head(&pool->waiters), ngx_ahava_pg_query_t,
+                       queue);
+    ngx_ahava_pg_unwait(q);
+
+    return q;
+}
+
+
+static void
+ngx_ahava_pg_unwait(ngx_ahava_pg_query_t *q)
+{
     ngx_queue_remove(&q->queue);
     q->pool->nwaiters--;
     q->waiting = 0;
 
-    ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
+    if (q->wait_timer.timer_set) {
+        ngx_del_timer(&q->wait_timer);
+    }
 }
 
 
 static void
 ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool)
 {
-    ngx_queue_t           *qu;
     ngx_ahava_pg_query_t  *q;
 
-    while (!ngx_queue_empty(&pool->waiters)) {
-        qu = ngx_queue_head(&pool->waiters);
-        q = ngx_queue_data(qu, ngx_ahava_pg_query_t, queue);
-
-        ngx_queue_remove(qu);
-        pool->nwaiters--;
-        q->waiting = 0;
-
-        if (q->wait_timer.timer_set) {
-            ngx_del_timer(&q->wait_timer);
-        }
+    while ((q = ngx_ahava_pg_next_waiter(pool)) != NULL) {
 
         if (pool->exiting) {
             q->done = 1;
@@ -1026,14 +995,7 @@ ngx_ahava_pg_cleanup(void *data)
     q->done = 1;
 
     if (q->waiting) {
-        ngx_queue_remove(&q->queue);
-        q->pool->nwaiters--;
-        q->waiting = 0;
-
-        if (q->wait_timer.timer_set) {
-            ngx_del_timer(&q->wait_timer);
-        }
-
+        ngx_ahava_pg_unwait(q);
         return;
     }
 

@@ -36,8 +36,6 @@ typedef struct {
 } ngx_ahava_messages_ctx_t;
 
 
-static char *ngx_ahava_messages(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static ngx_int_t ngx_ahava_messages_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_messages_route(ngx_http_request_t *r,
     ngx_ahava_messages_ctx_t *mctx);
@@ -111,10 +109,10 @@ static ngx_command_t  ngx_ahava_messages_commands[] = {
 
     { ngx_string("ahava_messages"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_messages,
+      ngx_ahava_conf_set_handler,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      NULL },
+      (void *) ngx_ahava_messages_handler },
 
       ngx_null_command
 };
@@ -149,23 +147,6 @@ ngx_module_t  ngx_ahava_messages_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
-
-
-static char *
-ngx_ahava_messages(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->handler) {
-        return "is duplicate: the location already has a handler";
-    }
-
-    clcf->handler = ngx_ahava_messages_handler;
-
-    return NGX_CONF_OK;
-}
 
 
 static ngx_int_t

@@ -15,8 +15,6 @@
 #include "ngx_ahava_visits.h"
 
 
-static char *ngx_ahava_visits(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static ngx_int_t ngx_ahava_visits_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_visits_step_auth(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_visits_authorized(ngx_http_request_t *r);
@@ -56,10 +54,10 @@ static ngx_command_t  ngx_ahava_visits_commands[] = {
 
     { ngx_string("ahava_visits"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_visits,
+      ngx_ahava_conf_set_handler,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      NULL },
+      (void *) ngx_ahava_visits_handler },
 
       ngx_null_command
 };
@@ -94,23 +92,6 @@ ngx_module_t  ngx_ahava_visits_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
-
-
-static char *
-ngx_ahava_visits(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->handler) {
-        return "is duplicate: the location already has a handler";
-    }
-
-    clcf->handler = ngx_ahava_visits_handler;
-
-    return NGX_CONF_OK;
-}
 
 
 /* Routing: the path after /api/visits */
