@@ -227,6 +227,8 @@ ngx_ahava_pg_query_t *ngx_ahava_pg_query(ngx_http_request_t *r,
 ngx_int_t ngx_ahava_pg_healthy(ngx_ahava_pg_pool_t *pool);
 ngx_int_t ngx_ahava_pg_result_error(ngx_http_request_t *r,
     ngx_ahava_pg_query_t *q);
+ngx_int_t ngx_ahava_pg_visible(ngx_http_request_t *r, ngx_ahava_pg_query_t *q,
+    const char *not_found, ngx_int_t *rc);
 ngx_int_t ngx_ahava_pg_str(ngx_http_request_t *r, PGresult *res,
     int row, int col, ngx_str_t *out);
 

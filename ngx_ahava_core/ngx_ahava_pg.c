@@ -1074,3 +1074,37 @@ ngx_ahava_pg_run(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 
     return ngx_ahava_pg_result_error(r, q);
 }
+
+
+/*
+ * The common first look at a mutation's or a scoped read's result: one row
+ * whose first column counts what the caller may see.  NGX_OK: go on.
+ * NGX_DONE: answered already (failure, or 404 with not_found), *rc holds
+ * what the handler returns.
+ */
+
+ngx_int_t
+ngx_ahava_pg_visible(ngx_http_request_t *r, ngx_ahava_pg_query_t *q,
+    const char *not_found, ngx_int_t *rc)
+{
+    if (q->rc != NGX_OK) {
+        *rc = ngx_ahava_pg_result_error(r, q);
+        return NGX_DONE;
+    }
+
+    if (PQntuples(q->result) != 1) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ahava: %d rows where one was expected",
+                      PQntuples(q->result));
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_DONE;
+    }
+
+    if (PQgetvalue(q->result, 0, 0)[0] == '0') {
+        *rc = ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
+                                   not_found, NULL);
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}

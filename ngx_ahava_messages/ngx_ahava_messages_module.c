@@ -408,27 +408,19 @@ ngx_ahava_message_send(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
+    ngx_int_t                  rc;
     char                      *to[2];
     json_t                    *msg, *root;
     ngx_str_t                  text;
     ngx_ahava_ctx_t           *ctx;
     ngx_ahava_messages_ctx_t  *mctx;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    if (ngx_ahava_pg_visible(r, q, "Visit not found", &rc) != NGX_OK) {
+        return rc;
     }
 
     ctx = ngx_ahava_get_ctx(r);
     mctx = ctx->data;
-
-    if (PQntuples(q->result) != 1) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (PQgetvalue(q->result, 0, 0)[0] == '0') {
-        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                    "Visit not found", NULL);
-    }
 
     if (ngx_ahava_pg_str(r, q->result, 0, 1, &text) != NGX_OK) {
         return ngx_ahava_send_error(r, NGX_HTTP_BAD_REQUEST,
@@ -542,26 +534,18 @@ ngx_ahava_messages_list(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_messages_listed(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
+    ngx_int_t                  rc;
     json_t                    *items, *root;
     ngx_str_t                  text;
     ngx_ahava_ctx_t           *ctx;
     ngx_ahava_messages_ctx_t  *mctx;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    if (ngx_ahava_pg_visible(r, q, "Visit not found", &rc) != NGX_OK) {
+        return rc;
     }
 
     ctx = ngx_ahava_get_ctx(r);
     mctx = ctx->data;
-
-    if (PQntuples(q->result) != 1) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (PQgetvalue(q->result, 0, 0)[0] == '0') {
-        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                    "Visit not found", NULL);
-    }
 
     if (ngx_ahava_pg_str(r, q->result, 0, 2, &text) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -893,26 +877,18 @@ ngx_ahava_message_delete(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_message_deleted(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
+    ngx_int_t                  rc;
     char                      *to[1];
     json_t                    *root;
     ngx_ahava_ctx_t           *ctx;
     ngx_ahava_messages_ctx_t  *mctx;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    if (ngx_ahava_pg_visible(r, q, "Message not found", &rc) != NGX_OK) {
+        return rc;
     }
 
     ctx = ngx_ahava_get_ctx(r);
     mctx = ctx->data;
-
-    if (PQntuples(q->result) != 1) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (PQgetvalue(q->result, 0, 0)[0] == '0') {
-        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                    "Message not found", NULL);
-    }
 
     if (PQgetvalue(q->result, 0, 1)[0] == '0') {
         ngx_ahava_audit(r, "ACCESS_DENIED", "message", &mctx->id,

@@ -409,6 +409,7 @@ ngx_ahava_visit_update(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_visit_update_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 {
+    ngx_int_t                  rc;
     json_t                    *root, *data, *details;
     PGresult                  *res;
     ngx_str_t                  text;
@@ -419,23 +420,14 @@ ngx_ahava_visit_update_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
     ngx_ahava_visit_result_t   vr;
     u_char                     msg[128];
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    if (ngx_ahava_pg_visible(r, q, "Visit not found", &rc) != NGX_OK) {
+        return rc;
     }
 
     ctx = ngx_ahava_get_ctx(r);
     vctx = ctx->data;
     a = vctx->action;
     res = q->result;
-
-    if (PQntuples(res) != 1 || PQnfields(res) != 11) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (PQgetvalue(res, 0, 0)[0] == '0') {
-        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                    "Visit not found", NULL);
-    }
 
     if (PQgetvalue(res, 0, 1)[0] != 't') {
         ngx_ahava_audit(r, "ACCESS_DENIED", "visit", &vctx->visit_id,
