@@ -11,11 +11,15 @@
 
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 
 
 #define NGX_AHAVA_REDIS_RETRY_MIN    250
 #define NGX_AHAVA_REDIS_RETRY_MAX    5000
 #define NGX_AHAVA_REDIS_PING         5000
+
+/* a Redis that stops reading must not grow a worker's memory */
+#define NGX_AHAVA_REDIS_MAX_OBUF     (1024 * 1024)
 
 
 typedef struct {
@@ -128,6 +132,14 @@ ngx_ahava_redis_command(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
     va_list  args;
 
     if (redis == NULL || !redis->connected || redis->ac == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (redis->ac->c.obuf
+        && sdslen(redis->ac->c.obuf) > NGX_AHAVA_REDIS_MAX_OBUF)
+    {
+        ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                      "ahava: redis is not reading, command dropped");
         return NGX_DECLINED;
     }
 
