@@ -214,13 +214,23 @@ ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 /*
  * A query no request waits for (an audit entry, say): it lives in its own
  * memory pool, destroyed when the query ends.  NGX_OK, or NGX_DECLINED when
- * the pool is down or full — the caller logs what is lost.
+ * the pool is down or busy — the caller logs what is lost.
  */
 
 ngx_int_t
 ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
 {
     if (pool == NULL || pool->down || q->own_pool == NULL) {
+        return NGX_DECLINED;
+    }
+
+    /*
+     * never in the wait queue: a flood of, say, bad tokens must not take
+     * the places of API requests
+     */
+    if (ngx_queue_empty(&pool->idle)
+        && pool->nconns >= pool->amcf->pg_pool_size)
+    {
         return NGX_DECLINED;
     }
 
