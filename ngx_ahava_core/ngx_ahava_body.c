@@ -9,7 +9,6 @@
 #include "ngx_ahava_core.h"
 
 #include <math.h>
-#include <openssl/rand.h>
 
 
 static void ngx_ahava_body_handler(ngx_http_request_t *r);
@@ -421,42 +420,4 @@ ngx_ahava_field_detail(json_t *details, const char *field, const char *fmt,
     json_array_append_new(details, json_pack("{s:s, s:s}", "field", field,
                                              "message", msg));
     return NGX_DECLINED;
-}
-
-
-/*
- * A 25-character lowercase id starting with 'c' (the Node app's cuid
- * shape): 8 base-36 digits of the time in ms, then 16 random ones.
- */
-
-void
-ngx_ahava_id_generate(u_char *id)
-{
-    u_char      rnd[16];
-    uint64_t    t;
-    ngx_uint_t  i;
-    ngx_time_t *tp;
-
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-
-    tp = ngx_timeofday();
-    t = (uint64_t) tp->sec * 1000 + tp->msec;
-
-    id[0] = 'c';
-
-    for (i = 8; i > 0; i--) {
-        id[i] = digits[t % 36];
-        t /= 36;
-    }
-
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        for (i = 0; i < sizeof(rnd); i++) {
-            rnd[i] = (u_char) ngx_random();
-        }
-    }
-
-    for (i = 0; i < 16; i++) {
-        /* 252 = 7 * 36: the modulo stays uniform enough for ids */
-        id[9 + i] = digits[rnd[i] % 36];
-    }
 }

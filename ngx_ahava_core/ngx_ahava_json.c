@@ -203,29 +203,6 @@ ngx_ahava_send_status_error(ngx_http_request_t *r, ngx_uint_t status)
 }
 
 
-/* SPEC §4: ids are 1-64 characters of [A-Za-z0-9_-] */
-
-ngx_int_t
-ngx_ahava_valid_id(u_char *p, size_t len)
-{
-    size_t  i;
-
-    if (len == 0 || len > NGX_AHAVA_ID_MAX_LEN) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < len; i++) {
-        if (!((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z')
-              || (p[i] >= '0' && p[i] <= '9') || p[i] == '_' || p[i] == '-'))
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
 /*
  * An integer query argument in [min, max].  Absent: def.  Anything but
  * plain decimal digits is a validation error recorded in details.
