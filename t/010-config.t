@@ -56,7 +56,12 @@ sub no_secrets {
     make_path("$dir/logs", "$dir/nginx");
     my $main = slurp("$TOP/conf.d/nginx.conf");
     my $module = (Ahava::Test::Nginx::modules())[0];
-    $main =~ s/\@AHAVA_MODULE\@/$module/g;
+    if (defined $module) {
+        $main =~ s/\@AHAVA_MODULE\@/$module/g;
+    } else {
+        # an nginx with the modules compiled in: nothing to load
+        $main =~ s/^load_module\s+\@AHAVA_MODULE\@;\n//m;
+    }
     $main =~ s/\@AHAVA_DATA_DIR\@/$dir/g;
     $main =~ s/\@AHAVA_CONF_DIR\@/$dir/g;
     spew("$dir/nginx.conf", $main);
