@@ -97,7 +97,6 @@ typedef struct {
     in_port_t                  redis_port;
     ngx_int_t                  redis_db;
     ngx_str_t                  redis_password;  /* secret */
-    ngx_msec_t                 redis_timeout;
 
     /* JWT */
     ngx_str_t                  jwt_secret;      /* secret */
@@ -116,13 +115,7 @@ typedef struct {
     ngx_ahava_pg_pool_t       *pg;
     ngx_ahava_redis_t         *redis;
     ngx_ahava_user_cache_t    *users;
-    ngx_flag_t                 used;
 } ngx_ahava_main_conf_t;
-
-
-typedef struct {
-    ngx_http_handler_pt        handler;         /* ahava_health etc. */
-} ngx_ahava_loc_conf_t;
 
 
 typedef struct {

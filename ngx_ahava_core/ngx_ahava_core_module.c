@@ -190,7 +190,6 @@ ngx_ahava_create_main_conf(ngx_conf_t *cf)
     amcf->jwt_alg = NGX_CONF_UNSET;
     amcf->user_cache_ttl = NGX_CONF_UNSET_MSEC;
     amcf->user_cache_size = NGX_CONF_UNSET_UINT;
-    amcf->redis_timeout = NGX_CONF_UNSET_MSEC;
 
     return amcf;
 }
@@ -218,7 +217,6 @@ ngx_ahava_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(amcf->pg_connect_timeout, 5000);
     ngx_conf_init_msec_value(amcf->user_cache_ttl, 60000);
     ngx_conf_init_uint_value(amcf->user_cache_size, 4096);
-    ngx_conf_init_msec_value(amcf->redis_timeout, 5000);
 
     if (amcf->jwt_alg == NGX_CONF_UNSET) {
         ngx_str_set(&amcf->jwt_alg_name, "HS256");

@@ -221,10 +221,10 @@ ngx_ahava_visits_authorized(ngx_http_request_t *r)
 static ngx_int_t
 ngx_ahava_visits_list(ngx_http_request_t *r)
 {
-    u_char                *sql, *last;
-    json_t                *details;
-    ngx_int_t              status, sort_by, sort_order;
-    ngx_uint_t             limit, offset, bad;
+    u_char                  *sql, *last;
+    json_t                  *details;
+    ngx_int_t                status, sort_by, sort_order;
+    ngx_uint_t               limit, offset, bad;
     const char              *dir;
     ngx_ahava_ctx_t         *ctx;
     ngx_ahava_pg_query_t    *q;
