@@ -59,6 +59,8 @@ static ngx_int_t ngx_ahava_messages_read_done(ngx_http_request_t *r,
 static ngx_int_t ngx_ahava_message_delete(ngx_http_request_t *r);
 static ngx_int_t ngx_ahava_message_deleted(ngx_http_request_t *r,
     ngx_ahava_pg_query_t *q);
+static ngx_ahava_pg_query_t *ngx_ahava_messages_query(ngx_http_request_t *r,
+    ngx_ahava_pg_handler_pt done, size_t size, u_char **sql);
 static const char *ngx_ahava_messages_visible(ngx_http_request_t *r);
 
 
@@ -303,6 +305,40 @@ ngx_ahava_messages_authorized(ngx_http_request_t *r)
 }
 
 
+/*
+ * A query about the path's id ($1) by the caller ($2), with a statement
+ * buffer of size bytes.
+ */
+
+static ngx_ahava_pg_query_t *
+ngx_ahava_messages_query(ngx_http_request_t *r, ngx_ahava_pg_handler_pt done,
+    size_t size, u_char **sql)
+{
+    ngx_ahava_ctx_t           *ctx;
+    ngx_ahava_pg_query_t      *q;
+    ngx_ahava_messages_ctx_t  *mctx;
+
+    ctx = ngx_ahava_get_ctx(r);
+    mctx = ctx->data;
+
+    q = ngx_ahava_pg_query(r, NULL, done);
+    *sql = ngx_pnalloc(r->pool, size);
+    if (q == NULL || *sql == NULL) {
+        return NULL;
+    }
+
+    q->nparams = 2;
+    q->values[0] = ngx_ahava_pstrz(r, mctx->id.data, mctx->id.len);
+    q->values[1] = ngx_ahava_user_param(r);
+
+    if (q->values[0] == NULL || q->values[1] == NULL) {
+        return NULL;
+    }
+
+    return q;
+}
+
+
 /* The visit is one the caller may see: a participant, or an admin */
 
 static const char *
@@ -485,22 +521,17 @@ ngx_ahava_messages_list(ngx_http_request_t *r)
 
     json_decref(details);
 
-    q = ngx_ahava_pg_query(r, NULL, ngx_ahava_messages_listed);
-    sql = ngx_pnalloc(r->pool, 2048);
-    if (q == NULL || sql == NULL) {
+    q = ngx_ahava_messages_query(r, ngx_ahava_messages_listed, 2048, &sql);
+    if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     q->nparams = 5;
-    q->values[0] = ngx_ahava_pstrz(r, mctx->id.data, mctx->id.len);
-    q->values[1] = ngx_ahava_user_param(r);
     q->values[2] = (char *) ngx_ahava_booleans[unread];
     q->values[3] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
     q->values[4] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
-    if (q->values[0] == NULL || q->values[1] == NULL || q->values[3] == NULL
-        || q->values[4] == NULL)
-    {
+    if (q->values[3] == NULL || q->values[4] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -576,25 +607,12 @@ ngx_ahava_messages_listed(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 static ngx_int_t
 ngx_ahava_messages_participants(ngx_http_request_t *r)
 {
-    u_char                    *sql, *last;
-    ngx_ahava_ctx_t           *ctx;
-    ngx_ahava_pg_query_t      *q;
-    ngx_ahava_messages_ctx_t  *mctx;
+    u_char                *sql, *last;
+    ngx_ahava_pg_query_t  *q;
 
-    ctx = ngx_ahava_get_ctx(r);
-    mctx = ctx->data;
-
-    q = ngx_ahava_pg_query(r, NULL, ngx_ahava_messages_participants_done);
-    sql = ngx_pnalloc(r->pool, 1024);
-    if (q == NULL || sql == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q->nparams = 2;
-    q->values[0] = ngx_ahava_pstrz(r, mctx->id.data, mctx->id.len);
-    q->values[1] = ngx_ahava_user_param(r);
-
-    if (q->values[0] == NULL || q->values[1] == NULL) {
+    q = ngx_ahava_messages_query(r, ngx_ahava_messages_participants_done,
+                                 1024, &sql);
+    if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -816,27 +834,11 @@ ngx_ahava_messages_read_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
 static ngx_int_t
 ngx_ahava_message_delete(ngx_http_request_t *r)
 {
-    u_char                    *sql, *p, *last;
-    ngx_ahava_ctx_t           *ctx;
-    ngx_ahava_pg_query_t      *q;
-    ngx_ahava_messages_ctx_t  *mctx;
+    u_char                *sql, *p, *last;
+    ngx_ahava_pg_query_t  *q;
 
-    ctx = ngx_ahava_get_ctx(r);
-    mctx = ctx->data;
-
-    q = ngx_ahava_pg_query(r, NULL, ngx_ahava_message_deleted);
-    sql = ngx_pnalloc(r->pool, 4096);
-    if (q == NULL || sql == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q->nparams = 2;
-    q->values[0] = ngx_ahava_pstrz(r, mctx->id.data, mctx->id.len);
-    q->values[1] = ngx_ahava_user_param(r);
-
-    if (q->values[0] == NULL || q->values[1] == NULL
-        || ngx_ahava_audit_params(r, q) != NGX_OK)
-    {
+    q = ngx_ahava_messages_query(r, ngx_ahava_message_deleted, 4096, &sql);
+    if (q == NULL || ngx_ahava_audit_params(r, q) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
