@@ -23,10 +23,10 @@ FUZZ_RUNS += $(WS_SEP) $(WS_FUZZER) -max_total_time=$(FUZZ_TIME) \
 run: | $(BUILD)/ws-corpus
 
 $(WS_FUZZER): ws_frame_fuzz.c $(WS_SRC)/ngx_ahava_ws_frame.c \
-              $(WS_SRC)/ngx_ahava_ws_frame.h
+              $(WS_SRC)/ngx_ahava_ws_frame.h $(CORE)/ngx_ahava_utf8.c
 	mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -I$(WS_SRC) -o $@ ws_frame_fuzz.c \
-	    $(WS_SRC)/ngx_ahava_ws_frame.c $(LDLIBS)
+	    $(WS_SRC)/ngx_ahava_ws_frame.c $(CORE)/ngx_ahava_utf8.c $(LDLIBS)
 
 # masked frames (keys 37fa213d and others): text "Hello" (RFC 6455 5.7),
 # binary, text in two fragments around a ping, ping, close 1000 "bye",

@@ -168,25 +168,25 @@ check_utf8(const unsigned char *p, size_t n)
     int                  rc;
     size_t               i, fail;
     unsigned char       *tmp;
-    ngx_ahava_ws_utf8_t  u, w;
+    ngx_ahava_utf8_t  u, w;
 
-    ngx_ahava_ws_utf8_init(&w);
-    rc = ngx_ahava_ws_utf8_feed(&w, p, n);
+    ngx_ahava_utf8_init(&w);
+    rc = ngx_ahava_utf8_feed(&w, p, n);
 
-    ngx_ahava_ws_utf8_init(&u);
+    ngx_ahava_utf8_init(&u);
     fail = n;
 
     for (i = 0; i < n; i++) {
-        if (ngx_ahava_ws_utf8_feed(&u, p + i, 1) != 0) {
+        if (ngx_ahava_utf8_feed(&u, p + i, 1) != 0) {
             fail = i;
             break;
         }
     }
 
     if ((rc != 0) != (fail < n)
-        || ngx_ahava_ws_utf8_finished(&w) != ngx_ahava_ws_utf8_finished(&u)
-        || ngx_ahava_ws_utf8_valid(p, n) != ngx_ahava_ws_utf8_finished(&w)
-        || ngx_ahava_ws_utf8_finished(&w) != ref_utf8_valid(p, n))
+        || ngx_ahava_utf8_finished(&w) != ngx_ahava_utf8_finished(&u)
+        || ngx_ahava_utf8_valid(p, n) != ngx_ahava_utf8_finished(&w)
+        || ngx_ahava_utf8_finished(&w) != ref_utf8_valid(p, n))
     {
         __builtin_trap();
     }

@@ -1,6 +1,7 @@
 
 /*
- * Authentication (SPEC §3): Bearer JWT, then the user's row — it must exist
+ * Authentication (SPEC §3), the first step after routing: Bearer JWT from
+ * the headers only (the body is not read before it), then the user's row — it must exist
  * and be active, and its role comes from the database, not the token.  A
  * bounded per-worker cache (direct-mapped: a collision just evicts) saves the
  * lookup for ahava_user_cache_ttl.
@@ -25,12 +26,22 @@ struct ngx_ahava_user_cache_s {
 };
 
 
-static ngx_int_t ngx_ahava_auth_user_loaded(ngx_http_request_t *r,
-    ngx_ahava_pg_query_t *q);
-static ngx_int_t ngx_ahava_auth_fail(ngx_http_request_t *r, const char *code,
-    const char *message, const char *reason);
+static ngx_ahava_rc_e ngx_ahava_auth_user_loaded(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+static ngx_ahava_rc_e ngx_ahava_auth_fail(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx, const char *code, const char *message,
+    const char *reason);
 static ngx_ahava_user_slot_t *ngx_ahava_user_slot(ngx_ahava_main_conf_t *amcf,
     u_char *id, size_t len);
+
+
+static ngx_ahava_stmt_t  ngx_ahava_auth_stmts[] = {
+
+#define NGX_AHAVA_USER_BY_ID  0
+    { ngx_string("user by id"),
+      "SELECT role::text, \"isActive\" FROM users WHERE id = $1",
+      1, 0, "" },
+};
 
 
 static const char *ngx_ahava_roles[] = {
@@ -84,27 +95,36 @@ ngx_ahava_user_cache_create(ngx_cycle_t *cycle, ngx_uint_t size)
 
 
 ngx_int_t
-ngx_ahava_authenticate(ngx_http_request_t *r, ngx_ahava_step_pt authorized)
+ngx_ahava_auth_declare(ngx_conf_t *cf)
 {
-    u_char                  uid[NGX_AHAVA_ID_MAX_LEN];
+    return ngx_ahava_declare(cf, ngx_ahava_auth_stmts,
+                             sizeof(ngx_ahava_auth_stmts)
+                             / sizeof(ngx_ahava_auth_stmts[0]));
+}
+
+
+ngx_ahava_rc_e
+ngx_ahava_step_auth(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
+{
     ngx_str_t               auth, token, user_id;
     const char             *reason;
-    ngx_ahava_ctx_t        *ctx;
     ngx_ahava_pg_query_t   *q;
     ngx_ahava_user_slot_t  *slot;
     ngx_ahava_main_conf_t  *amcf;
     ngx_ahava_jwt_rc_e      rc;
 
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-    ctx = ngx_ahava_get_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: authenticate");
+
+    if (ctx->route->flags & NGX_AHAVA_ROUTE_PUBLIC) {
+        return NGX_AHAVA_NEXT;
     }
 
-    ctx->authorized = authorized;
+    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
 
     if (r->headers_in.authorization == NULL) {
-        return ngx_ahava_auth_fail(r, "TOKEN_MISSING", "No token provided",
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
+                                   "No token provided",
                                    "no Authorization header");
     }
 
@@ -113,7 +133,8 @@ ngx_ahava_authenticate(ngx_http_request_t *r, ngx_ahava_step_pt authorized)
     if (auth.len < 7 || ngx_strncasecmp(auth.data, (u_char *) "Bearer ", 7)
                         != 0)
     {
-        return ngx_ahava_auth_fail(r, "TOKEN_MISSING", "No token provided",
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
+                                   "No token provided",
                                    "not a Bearer Authorization header");
     }
 
@@ -130,28 +151,28 @@ ngx_ahava_authenticate(ngx_http_request_t *r, ngx_ahava_step_pt authorized)
     }
 
     if (token.len == 0) {
-        return ngx_ahava_auth_fail(r, "TOKEN_MISSING", "No token provided",
-                                   "empty Bearer token");
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
+                                   "No token provided", "empty Bearer token");
     }
 
-    user_id.data = uid;
+    user_id.data = ctx->user.id;
     user_id.len = 0;
 
     rc = ngx_ahava_jwt_verify(amcf, &token, &user_id, r->connection->log,
                               &reason);
 
     if (rc == NGX_AHAVA_JWT_EXPIRED) {
-        return ngx_ahava_auth_fail(r, "TOKEN_EXPIRED", "Token expired",
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_EXPIRED", "Token expired",
                                    reason);
     }
 
     if (rc != NGX_AHAVA_JWT_OK) {
-        return ngx_ahava_auth_fail(r, "TOKEN_INVALID", "Invalid token",
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_INVALID", "Invalid token",
                                    reason);
     }
 
-    ngx_memcpy(ctx->user.id, user_id.data, user_id.len);
     ctx->user.id_len = user_id.len;
+    ctx->user.id[user_id.len] = '\0';
 
     slot = ngx_ahava_user_slot(amcf, user_id.data, user_id.len);
 
@@ -160,62 +181,53 @@ ngx_ahava_authenticate(ngx_http_request_t *r, ngx_ahava_step_pt authorized)
         && (ngx_msec_int_t) (slot->expires - ngx_current_msec) > 0)
     {
         if (!slot->active) {
-            return ngx_ahava_auth_fail(r, "TOKEN_INVALID", "Invalid token",
-                                       "inactive user");
+            return ngx_ahava_auth_fail(r, ctx, "TOKEN_INVALID",
+                                       "Invalid token", "inactive user");
         }
 
         ctx->user.role = slot->role;
-        return authorized(r);
+        return NGX_AHAVA_NEXT;
     }
 
-    q = ngx_ahava_pg_query(r,
-            "SELECT role::text, \"isActive\" FROM users WHERE id = $1",
-            ngx_ahava_auth_user_loaded);
+    q = ngx_ahava_query_create(r, &ngx_ahava_auth_stmts[NGX_AHAVA_USER_BY_ID]);
     if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
-    q->nparams = 1;
-    q->values[0] = ngx_pnalloc(r->pool, user_id.len + 1);
-    if (q->values[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    q->values[0] = (char *) ctx->user.id;
 
-    ngx_cpystrn((u_char *) q->values[0], user_id.data, user_id.len + 1);
-
-    return ngx_ahava_pg_run(r, q);
+    return ngx_ahava_query(r, ctx, q, ngx_ahava_auth_user_loaded);
 }
 
 
-static ngx_int_t
-ngx_ahava_auth_user_loaded(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+static ngx_ahava_rc_e
+ngx_ahava_auth_user_loaded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
     u_char                 *role;
+    PGresult               *res;
     ngx_uint_t              active;
-    ngx_ahava_ctx_t        *ctx;
     ngx_ahava_role_e        rl;
     ngx_ahava_user_slot_t  *slot;
     ngx_ahava_main_conf_t  *amcf;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: user loaded");
+
+    if (ctx->query->rc != NGX_OK) {
+        return ngx_ahava_query_failed(r, ctx);
     }
 
     amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-    ctx = ngx_ahava_get_ctx(r);
+    res = ctx->query->result;
 
-    if (PQntuples(q->result) != 1) {
-        return ngx_ahava_auth_fail(r, "TOKEN_INVALID", "Invalid token",
+    if (PQntuples(res) != 1) {
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_INVALID", "Invalid token",
                                    "unknown user");
     }
 
-    role = (u_char *) PQgetvalue(q->result, 0, 0);
+    role = (u_char *) PQgetvalue(res, 0, 0);
     rl = ngx_ahava_role_parse(role, ngx_strlen(role));
-    active = (PQgetvalue(q->result, 0, 1)[0] == 't');
-
-    if (rl == NGX_AHAVA_ROLE_NONE) {
-        active = 0;
-    }
+    active = (PQgetvalue(res, 0, 1)[0] == 't' && rl != NGX_AHAVA_ROLE_NONE);
 
     slot = ngx_ahava_user_slot(amcf, ctx->user.id, ctx->user.id_len);
 
@@ -228,13 +240,13 @@ ngx_ahava_auth_user_loaded(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
     }
 
     if (!active) {
-        return ngx_ahava_auth_fail(r, "TOKEN_INVALID", "Invalid token",
+        return ngx_ahava_auth_fail(r, ctx, "TOKEN_INVALID", "Invalid token",
                                    "inactive user");
     }
 
     ctx->user.role = rl;
 
-    return ctx->authorized(r);
+    return NGX_AHAVA_NEXT;
 }
 
 
@@ -249,17 +261,21 @@ ngx_ahava_user_slot(ngx_ahava_main_conf_t *amcf, u_char *id, size_t len)
 }
 
 
-static ngx_int_t
-ngx_ahava_auth_fail(ngx_http_request_t *r, const char *code,
-    const char *message, const char *reason)
+/*
+ * 401, and a security event (SPEC §11) with the reason, never the token;
+ * the journal aggregates them, so a flood of bad tokens costs no statement
+ * per request.
+ */
+
+static ngx_ahava_rc_e
+ngx_ahava_auth_fail(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    const char *code, const char *message, const char *reason)
 {
-    /* a security event (SPEC §11): the reason, never the token */
-    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "ahava: authentication failed: %s (%s)", reason, code);
+    ngx_ahava_audit_auth_failed(r, code, reason);
 
-    ngx_ahava_audit(r, "AUTH_FAILED", "auth", NULL,
-                    json_pack("{s:s, s:s}", "reason", reason, "code", code));
+    ctx->user.id_len = 0;
+    ctx->user.role = NGX_AHAVA_ROLE_NONE;
 
-    return ngx_ahava_send_error(r, NGX_HTTP_UNAUTHORIZED, code, message,
-                                NULL);
+    return ngx_ahava_answer_error(r, ctx, NGX_HTTP_UNAUTHORIZED, code,
+                                  message, NULL);
 }

@@ -1,8 +1,9 @@
 
 /*
- * ngx_ahava_core_module: the directives of the shared dependencies and the
- * per-worker lifecycle of the PostgreSQL pool, the Redis client and the
- * user cache.  Secrets are read at configuration time from "env:NAME",
+ * ngx_ahava_core_module: the directives of the shared dependencies, the
+ * statements every module declares, and the per-worker lifecycle of the
+ * PostgreSQL pool, the Redis client, the user cache and the security-event
+ * journal.  Secrets are read at configuration time from "env:NAME",
  * "file:/path" or, discouraged, the literal value; they are never logged.
  */
 
@@ -26,6 +27,10 @@ static char *ngx_ahava_encryption_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_ahava_pg_params(ngx_conf_t *cf,
     ngx_ahava_main_conf_t *amcf);
+static ngx_int_t ngx_ahava_postconfiguration(ngx_conf_t *cf);
+static void *ngx_ahava_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_ahava_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
 static ngx_int_t ngx_ahava_init_process(ngx_cycle_t *cycle);
 static void ngx_ahava_exit_process(ngx_cycle_t *cycle);
 
@@ -125,17 +130,17 @@ static ngx_command_t  ngx_ahava_core_commands[] = {
 
     { ngx_string("ahava_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_conf_set_handler,
+      ngx_ahava_conf_set_routes,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      (void *) ngx_ahava_health_handler },
+      ngx_ahava_health_routes },
 
     { ngx_string("ahava_error_page"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_conf_set_handler,
+      ngx_ahava_conf_set_routes,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      (void *) ngx_ahava_error_page_handler },
+      NULL },
 
       ngx_null_command
 };
@@ -143,7 +148,7 @@ static ngx_command_t  ngx_ahava_core_commands[] = {
 
 static ngx_http_module_t  ngx_ahava_core_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_ahava_postconfiguration,           /* postconfiguration */
 
     ngx_ahava_create_main_conf,            /* create main configuration */
     ngx_ahava_init_main_conf,              /* init main configuration */
@@ -151,8 +156,8 @@ static ngx_http_module_t  ngx_ahava_core_module_ctx = {
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_ahava_create_loc_conf,             /* create location configuration */
+    ngx_ahava_merge_loc_conf               /* merge location configuration */
 };
 
 
@@ -191,7 +196,110 @@ ngx_ahava_create_main_conf(ngx_conf_t *cf)
     amcf->user_cache_ttl = NGX_CONF_UNSET_MSEC;
     amcf->user_cache_size = NGX_CONF_UNSET_UINT;
 
+    if (ngx_array_init(&amcf->stmts, cf->pool, 64, sizeof(ngx_ahava_stmt_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return amcf;
+}
+
+
+static void *
+ngx_ahava_create_loc_conf(ngx_conf_t *cf)
+{
+    return ngx_pcalloc(cf->pool, sizeof(ngx_ahava_loc_conf_t));
+}
+
+
+/*
+ * An API location keeps request bodies in memory: at most 64 KiB
+ * (SPEC §4), in a buffer that holds them whole, so no body is ever read
+ * back from a temp file inside the worker.  The limit is the module's,
+ * enforced after authentication (ngx_ahava_body.c): nginx's own
+ * client_max_body_size would answer a large body before the token is
+ * looked at.  The core module merged its settings before ours, so these
+ * are the final values.
+ */
+
+static char *
+ngx_ahava_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_ahava_loc_conf_t  *prev = parent;
+    ngx_ahava_loc_conf_t  *conf = child;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (conf->routes == NULL) {
+        conf->routes = prev->routes;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (conf->routes && clcf->handler == ngx_ahava_api_handler) {
+        clcf->client_max_body_size = 0;
+
+        if (clcf->client_body_buffer_size < NGX_AHAVA_BODY_MAX + 1) {
+            clcf->client_body_buffer_size = NGX_AHAVA_BODY_MAX + 1;
+        }
+
+        clcf->client_body_in_file_only = 0;     /* "off" */
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* the statements of the core itself; the modules declare theirs likewise */
+
+static ngx_int_t
+ngx_ahava_postconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_ahava_auth_declare(cf) != NGX_OK
+        || ngx_ahava_audit_declare(cf) != NGX_OK
+        || ngx_ahava_body_filter_init(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A module's statements: each gets its index and its name on the server
+ * ("ahava_<index>"); every connection prepares all of them when it opens.
+ */
+
+ngx_int_t
+ngx_ahava_declare(ngx_conf_t *cf, ngx_ahava_stmt_t *stmts, ngx_uint_t n)
+{
+    ngx_uint_t              i;
+    ngx_ahava_stmt_t      **slot;
+    ngx_ahava_main_conf_t  *amcf;
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_ahava_core_module);
+
+    for (i = 0; i < n; i++) {
+        if (stmts[i].nparams > NGX_AHAVA_PG_MAX_PARAMS) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "ahava: statement \"%V\" has too many "
+                               "parameters", &stmts[i].name);
+            return NGX_ERROR;
+        }
+
+        slot = ngx_array_push(&amcf->stmts);
+        if (slot == NULL) {
+            return NGX_ERROR;
+        }
+
+        stmts[i].index = amcf->stmts.nelts - 1;
+        ngx_sprintf(stmts[i].id, "ahava_%ui%Z", stmts[i].index);
+        *slot = &stmts[i];
+    }
+
+    return NGX_OK;
 }
 
 
@@ -511,12 +619,19 @@ ngx_ahava_encryption_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* A location's content handler: the directive's post field */
+/*
+ * A location's routes: the directive's post field is the module's route
+ * table (NULL: the JSON error page for error_page).
+ */
 
 char *
-ngx_ahava_conf_set_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_ahava_conf_set_routes(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_ahava_loc_conf_t      *alcf;
     ngx_http_core_loc_conf_t  *clcf;
+
+    /* the directive may be any module's: the routes live in the core's */
+    alcf = ngx_http_conf_get_module_loc_conf(cf, ngx_ahava_core_module);
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
@@ -524,7 +639,13 @@ ngx_ahava_conf_set_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate: the location already has a handler";
     }
 
-    clcf->handler = (ngx_http_handler_pt) cmd->post;
+    if (cmd->post == NULL) {
+        clcf->handler = ngx_ahava_error_page_handler;
+        return NGX_CONF_OK;
+    }
+
+    alcf->routes = cmd->post;
+    clcf->handler = ngx_ahava_api_handler;
 
     return NGX_CONF_OK;
 }
@@ -532,21 +653,26 @@ ngx_ahava_conf_set_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * libpq keyword/value arrays from the conninfo or URI.  A host name is
- * resolved here, once, into hostaddr: PQconnectPoll would otherwise resolve
- * it blocking inside a worker.  Fallback modes that open a second socket
- * (sslmode=prefer, gssencmode=prefer) are turned off, and the server ends
- * statements that outlive ahava_pg_query_timeout.
+ * resolved here, once, into hostaddr — every address it has, in the
+ * resolver's order, so "localhost" reaches an IPv4-only server after ::1
+ * is refused: PQconnectPoll would otherwise resolve it blocking inside a
+ * worker.  Fallback modes that retry on a second socket without need
+ * (sslmode=prefer, gssencmode=prefer) are turned off; the user's own
+ * "options" are kept and ours appended (they win): the server ends
+ * statements that outlive ahava_pg_query_timeout, and times are UTC.
  */
 
 static ngx_int_t
 ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
 {
     int                 rc;
-    char               *err, *host, *hostaddr, addr[NGX_SOCKADDR_STRLEN + 1];
-    u_char             *conninfo, *opt;
-    ngx_uint_t          n, i, has_ssl;
-    struct addrinfo     hints, *res;
+    char               *err, *host, *hostaddr, *options;
+    u_char             *conninfo, *p, *hosts, *addrs;
+    size_t              n, len;
+    ngx_uint_t          i, naddrs, has_ssl;
+    struct addrinfo     hints, *res, *ai;
     PQconninfoOption   *opts, *o;
+    u_char              addr[NGX_SOCKADDR_STRLEN + 1];
 
     conninfo = ngx_pnalloc(cf->pool, amcf->pg_conninfo.len + 1);
     if (conninfo == NULL) {
@@ -584,16 +710,12 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
     i = 0;
     host = NULL;
     hostaddr = NULL;
+    options = NULL;
     has_ssl = 0;
 
     for (o = opts; o->keyword; o++) {
-        if (o->val == NULL || o->val[0] == '\0') {
-            continue;
-        }
-
-        if (ngx_strcmp(o->keyword, "options") == 0
-            || ngx_strcmp(o->keyword, "gssencmode") == 0
-            || ngx_strcmp(o->keyword, "target_session_attrs") == 0)
+        if (o->val == NULL || o->val[0] == '\0'
+            || ngx_strcmp(o->keyword, "gssencmode") == 0)
         {
             continue;
         }
@@ -608,25 +730,28 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
             has_ssl = 1;
         }
 
-        amcf->pg_keywords[i] = ngx_pnalloc(cf->pool,
-                                           ngx_strlen(o->keyword) + 1);
-        amcf->pg_values[i] = ngx_pnalloc(cf->pool, ngx_strlen(o->val) + 1);
+        len = ngx_strlen(o->val) + 1;
+
+        amcf->pg_keywords[i] = (char *) ngx_pstrdup(cf->pool,
+                                   &(ngx_str_t) { ngx_strlen(o->keyword) + 1,
+                                                  (u_char *) o->keyword });
+        amcf->pg_values[i] = (char *) ngx_pstrdup(cf->pool,
+                                   &(ngx_str_t) { len, (u_char *) o->val });
         if (amcf->pg_keywords[i] == NULL || amcf->pg_values[i] == NULL) {
             PQconninfoFree(opts);
             return NGX_ERROR;
         }
 
-        ngx_cpystrn((u_char *) amcf->pg_keywords[i], (u_char *) o->keyword,
-                    ngx_strlen(o->keyword) + 1);
-        ngx_cpystrn((u_char *) amcf->pg_values[i], (u_char *) o->val,
-                    ngx_strlen(o->val) + 1);
-
         if (ngx_strcmp(o->keyword, "host") == 0) {
             host = amcf->pg_values[i];
-        }
 
-        if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+        } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = amcf->pg_values[i];
+
+        } else if (ngx_strcmp(o->keyword, "options") == 0) {
+            /* appended to below, not passed twice */
+            options = amcf->pg_values[i];
+            continue;
         }
 
         i++;
@@ -653,19 +778,59 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
             return NGX_ERROR;
         }
 
-        n = ngx_sock_ntop(res->ai_addr, res->ai_addrlen, (u_char *) addr,
-                          NGX_SOCKADDR_STRLEN, 0);
-        addr[n] = '\0';
-        freeaddrinfo(res);
+        naddrs = 0;
+        for (ai = res; ai && naddrs < 16; ai = ai->ai_next) {
+            naddrs++;
+        }
 
-        amcf->pg_keywords[i] = "hostaddr";
-        amcf->pg_values[i] = (char *) ngx_pstrdup(cf->pool,
-                                 &(ngx_str_t) { n + 1, (u_char *) addr });
-        if (amcf->pg_values[i] == NULL) {
+        /* libpq tries host[k] at hostaddr[k]: the name once per address */
+        len = ngx_strlen(host);
+        hosts = ngx_pnalloc(cf->pool, naddrs * (len + 1));
+        addrs = ngx_pnalloc(cf->pool, naddrs * (NGX_SOCKADDR_STRLEN + 1));
+        if (hosts == NULL || addrs == NULL) {
+            freeaddrinfo(res);
             return NGX_ERROR;
         }
 
-        i++;
+        p = addrs;
+        naddrs = 0;
+
+        for (ai = res; ai && naddrs < 16; ai = ai->ai_next) {
+            n = ngx_sock_ntop(ai->ai_addr, ai->ai_addrlen, addr,
+                              NGX_SOCKADDR_STRLEN, 0);
+
+            if (naddrs) {
+                *p++ = ',';
+            }
+
+            p = ngx_cpymem(p, addr, n);
+            naddrs++;
+        }
+
+        *p = '\0';
+        freeaddrinfo(res);
+
+        p = hosts;
+
+        for (n = 0; n < naddrs; n++) {
+            if (n) {
+                *p++ = ',';
+            }
+
+            p = ngx_cpymem(p, host, len);
+        }
+
+        *p = '\0';
+
+        /* the host keyword's value becomes the list */
+        for (n = 0; n < i; n++) {
+            if (amcf->pg_values[n] == host) {
+                amcf->pg_values[n] = (char *) hosts;
+            }
+        }
+
+        amcf->pg_keywords[i] = "hostaddr";
+        amcf->pg_values[i++] = (char *) addrs;
     }
 
     if (!has_ssl) {
@@ -679,16 +844,22 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
     amcf->pg_keywords[i] = "application_name";
     amcf->pg_values[i++] = "ahava-nginx";
 
-    opt = ngx_pnalloc(cf->pool, 64);
-    if (opt == NULL) {
+    len = (options ? ngx_strlen(options) + 1 : 0) + 64;
+
+    p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_snprintf(opt, 64, "-c statement_timeout=%M -c TimeZone=UTC%Z",
-                 amcf->pg_query_timeout);
-
     amcf->pg_keywords[i] = "options";
-    amcf->pg_values[i++] = (char *) opt;
+    amcf->pg_values[i++] = (char *) p;
+
+    if (options) {
+        p = ngx_sprintf(p, "%s ", options);
+    }
+
+    ngx_sprintf(p, "-c statement_timeout=%M -c TimeZone=UTC%Z",
+                amcf->pg_query_timeout);
 
     amcf->pg_keywords[i] = NULL;
     amcf->pg_values[i] = NULL;
@@ -722,8 +893,15 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
     }
 
     if (amcf->redis_host.len) {
-        amcf->redis = ngx_ahava_redis_create(cycle, amcf);
+        amcf->redis = ngx_ahava_redis_create(cycle, amcf, NULL, NULL);
         if (amcf->redis == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (amcf->pg) {
+        amcf->audit = ngx_ahava_audit_create(cycle, amcf);
+        if (amcf->audit == NULL) {
             return NGX_ERROR;
         }
     }
@@ -743,6 +921,11 @@ ngx_ahava_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    if (amcf->audit) {
+        ngx_ahava_audit_destroy(amcf->audit);
+        amcf->audit = NULL;
+    }
+
     if (amcf->pg) {
         ngx_ahava_pg_pool_destroy(amcf->pg);
         amcf->pg = NULL;
@@ -752,69 +935,6 @@ ngx_ahava_exit_process(ngx_cycle_t *cycle)
         ngx_ahava_redis_destroy(amcf->redis);
         amcf->redis = NULL;
     }
-}
-
-
-ngx_ahava_ctx_t *
-ngx_ahava_get_ctx(ngx_http_request_t *r)
-{
-    ngx_ahava_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_ahava_core_module);
-
-    if (ctx == NULL) {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_ahava_ctx_t));
-        if (ctx == NULL) {
-            return NULL;
-        }
-
-        ngx_http_set_ctx(r, ctx, ngx_ahava_core_module);
-    }
-
-    return ctx;
-}
-
-
-/*
- * Runs the first step of a content handler.  A step that went asynchronous
- * keeps the request alive (count++) until its completion finalizes it.
- */
-
-ngx_int_t
-ngx_ahava_content(ngx_http_request_t *r, ngx_ahava_step_pt step)
-{
-    ngx_int_t  rc;
-
-    rc = step(r);
-
-    if (rc == NGX_AGAIN) {
-        r->main->count++;
-        return NGX_DONE;
-    }
-
-    return rc;
-}
-
-
-/* The caller's id as a NUL-terminated query parameter */
-
-char *
-ngx_ahava_user_param(ngx_http_request_t *r)
-{
-    u_char           *p;
-    ngx_ahava_ctx_t  *ctx;
-
-    ctx = ngx_ahava_get_ctx(r);
-
-    p = ngx_pnalloc(r->pool, ctx->user.id_len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(p, ctx->user.id, ctx->user.id_len);
-    p[ctx->user.id_len] = '\0';
-
-    return (char *) p;
 }
 
 
@@ -858,4 +978,42 @@ ngx_ahava_forget_connection(ngx_connection_t *c)
 
     c->fd = (ngx_socket_t) -1;
     ngx_free_connection(c);
+}
+
+
+/*
+ * A log line at most once a second per limit; the lines in between are
+ * counted and the count goes with the next one, so an outage under load
+ * writes a line a second, not one per request.
+ */
+
+void
+ngx_ahava_log_limited(ngx_ahava_log_limit_t *limit, ngx_uint_t level,
+    ngx_log_t *log, const char *fmt, ...)
+{
+    u_char   msg[NGX_MAX_ERROR_STR], *p;
+    va_list  args;
+
+    if (log->log_level < level) {
+        return;
+    }
+
+    if (limit->last == ngx_time()) {
+        limit->suppressed++;
+        return;
+    }
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(msg, msg + sizeof(msg) - 64, fmt, args);
+    va_end(args);
+
+    if (limit->suppressed) {
+        p = ngx_slprintf(p, msg + sizeof(msg), " (%ui more like it in the "
+                         "last second)", limit->suppressed);
+    }
+
+    ngx_log_error(level, log, 0, "%*s", p - msg, msg);
+
+    limit->last = ngx_time();
+    limit->suppressed = 0;
 }

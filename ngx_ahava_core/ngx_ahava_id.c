@@ -1,7 +1,7 @@
 
 /*
  * Ids (SPEC §2, §4): what a valid one looks like, and new ones in the
- * Node app's cuid shape.
+ * Node app's cuid shape; times as the API shows them.
  */
 
 
@@ -41,10 +41,10 @@ ngx_ahava_valid_id(u_char *p, size_t len)
 void
 ngx_ahava_id_generate(u_char *id)
 {
-    u_char      rnd[16];
-    uint64_t    t;
-    ngx_uint_t  i;
-    ngx_time_t *tp;
+    u_char       rnd[32];
+    uint64_t     t;
+    ngx_uint_t   i, n;
+    ngx_time_t  *tp;
 
     static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
 
@@ -58,14 +58,42 @@ ngx_ahava_id_generate(u_char *id)
         t /= 36;
     }
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        for (i = 0; i < sizeof(rnd); i++) {
-            rnd[i] = (u_char) ngx_random();
+    /*
+     * 16 uniform base-36 digits: random bytes of 252 or more (252 = 7 * 36)
+     * are rejected, so every digit is equally likely
+     */
+
+    i = 0;
+
+    while (i < 16) {
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+            for (n = 0; n < sizeof(rnd); n++) {
+                rnd[n] = (u_char) ngx_random();
+            }
+        }
+
+        for (n = 0; n < sizeof(rnd) && i < 16; n++) {
+            if (rnd[n] < 252) {
+                id[9 + i++] = digits[rnd[n] % 36];
+            }
         }
     }
+}
 
-    for (i = 0; i < 16; i++) {
-        /* 252 = 7 * 36: the modulo stays uniform enough for ids */
-        id[9 + i] = digits[rnd[i] % 36];
-    }
+
+/* ISO-8601 UTC with milliseconds, as every answer shows times */
+
+u_char *
+ngx_ahava_iso_time(u_char *buf)
+{
+    ngx_tm_t     tm;
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+    ngx_gmtime(tp->sec, &tm);
+
+    return ngx_sprintf(buf, "%4d-%02d-%02dT%02d:%02d:%02d.%03MZ",
+                       tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                       tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec,
+                       tp->msec);
 }

@@ -1,39 +1,55 @@
 
 /*
- * The JSON side of SPEC §4: the success/error envelope, the error codes,
- * and validation of what clients send (ids, query arguments).
+ * The JSON side of SPEC §4: answers in the success/error envelope, the
+ * error codes, and the text PostgreSQL built spliced into answers with the
+ * fields only C can fill (decrypted content) — never parsed and printed
+ * again.  Also encryption at rest of what goes into statements.
  */
 
 
 #include "ngx_ahava_core.h"
 
 
-static ngx_int_t ngx_ahava_detail(json_t *details, const char *field,
-    const char *message);
+static ngx_int_t ngx_ahava_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_chain_t *body);
 
 
-ngx_int_t
-ngx_ahava_send_raw(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
+/*
+ * Sends an answer: headers, then the body to the output filter.  Returns
+ * what nginx returned (NGX_OK, NGX_AGAIN with output pending, NGX_ERROR),
+ * the value the request is finalized with.
+ */
+
+static ngx_int_t
+ngx_ahava_send(ngx_http_request_t *r, ngx_uint_t status, ngx_chain_t *body)
 {
-    ngx_buf_t        *b;
+    off_t             len;
     ngx_int_t         rc;
-    ngx_chain_t       out;
+    ngx_chain_t      *cl;
     ngx_table_elt_t  *h;
 
     if (r->header_sent) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "ahava: a second answer to one request");
         return NGX_ERROR;
     }
 
     /*
-     * an answer given before the body was read (405, 404, 401...): the
+     * an answer given before the body was read (401, 404, 415...): the
      * body must still go, or a pipelined next request would start inside it
      */
     if (ngx_http_discard_request_body(r) != NGX_OK) {
         r->keepalive = 0;
     }
 
+    len = 0;
+
+    for (cl = body; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
     r->headers_out.status = status;
-    r->headers_out.content_length_n = body->len;
+    r->headers_out.content_length_n = len;
     ngx_str_set(&r->headers_out.content_type,
                 "application/json; charset=utf-8");
     r->headers_out.content_type_len = sizeof("application/json") - 1;
@@ -54,242 +70,291 @@ ngx_ahava_send_raw(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
         return rc;
     }
 
+    for (cl = body; cl->next; cl = cl->next) { /* void */ }
+
+    cl->buf->last_buf = (r == r->main) ? 1 : 0;
+    cl->buf->last_in_chain = 1;
+
+    return ngx_http_output_filter(r, body);
+}
+
+
+ngx_ahava_rc_e
+ngx_ahava_answer(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_uint_t status, ngx_chain_t *body)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: answer %ui", status);
+
+    ctx->rc = ngx_ahava_send(r, status, body);
+
+    return NGX_AHAVA_ANSWERED;
+}
+
+
+ngx_ahava_rc_e
+ngx_ahava_answer_text(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_uint_t status, u_char *data, size_t len)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
     b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
+    cl = ngx_alloc_chain_link(r->pool);
+    if (b == NULL || cl == NULL) {
+        ctx->rc = NGX_ERROR;
+        return NGX_AHAVA_ANSWERED;
     }
 
-    b->pos = body->data;
-    b->last = body->data + body->len;
-    b->memory = body->len ? 1 : 0;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    b->pos = data;
+    b->last = data + len;
+    b->memory = len ? 1 : 0;
 
-    out.buf = b;
-    out.next = NULL;
+    cl->buf = b;
+    cl->next = NULL;
 
-    return ngx_http_output_filter(r, &out);
+    return ngx_ahava_answer(r, ctx, status, cl);
 }
 
 
 /* Steals the reference to root */
 
-ngx_int_t
-ngx_ahava_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
+ngx_ahava_rc_e
+ngx_ahava_answer_json(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_uint_t status, json_t *root)
 {
     ngx_int_t  rc;
     ngx_str_t  body;
 
     if (root == NULL) {
-        return NGX_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
     rc = ngx_ahava_json_dump(r->pool, root, &body);
     json_decref(root);
 
     if (rc != NGX_OK) {
-        return NGX_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
-    return ngx_ahava_send_raw(r, status, &body);
+    return ngx_ahava_answer_text(r, ctx, status, body.data, body.len);
 }
 
 
-/* Steals the reference to details */
+/* {"success":false,...}; steals the reference to details */
 
-ngx_int_t
-ngx_ahava_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *code, const char *message, json_t *details)
+ngx_ahava_rc_e
+ngx_ahava_answer_error(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_uint_t status, const char *code, const char *message, json_t *details)
 {
     json_t  *root;
 
     root = json_pack("{s:b, s:s, s:s}", "success", 0, "error", message,
                      "code", code);
-    if (root == NULL) {
-        if (details) {
-            json_decref(details);
-        }
 
-        return NGX_ERROR;
-    }
-
-    if (details) {
+    if (root && details) {
         json_object_set_new(root, "details", details);
+
+    } else if (details) {
+        json_decref(details);
     }
 
-    return ngx_ahava_send_json(r, status, root);
+    if (root == NULL) {
+        ctx->rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_AHAVA_ANSWERED;
+    }
+
+    return ngx_ahava_answer_json(r, ctx, status, root);
 }
 
 
-/* The errors nginx itself raises on our locations, as JSON (SPEC §4) */
+/* 500 INTERNAL: something of ours failed (memory, a bug, PostgreSQL) */
 
-ngx_int_t
-ngx_ahava_send_status_error(ngx_http_request_t *r, ngx_uint_t status)
+ngx_ahava_rc_e
+ngx_ahava_fail(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    const char  *code, *message;
+    json_t     *root;
+    ngx_int_t   rc;
+    ngx_str_t   body;
 
-    switch (status) {
+    if (r->header_sent) {
+        ctx->rc = NGX_ERROR;
+        return NGX_AHAVA_ANSWERED;
+    }
+
+    root = json_pack("{s:b, s:s, s:s}", "success", 0, "error",
+                     "Internal server error", "code", "INTERNAL");
+
+    rc = root ? ngx_ahava_json_dump(r->pool, root, &body) : NGX_ERROR;
+
+    if (root) {
+        json_decref(root);
+    }
+
+    if (rc != NGX_OK) {
+        /* nothing of ours can be sent: nginx's own 500 (error_page) */
+        ctx->rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_AHAVA_ANSWERED;
+    }
+
+    return ngx_ahava_answer_text(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 body.data, body.len);
+}
+
+
+/* The code and message of each status nginx or we raise (SPEC §4) */
+
+static void
+ngx_ahava_status_code(ngx_uint_t *status, const char **code,
+    const char **message)
+{
+    switch (*status) {
 
     case NGX_HTTP_BAD_REQUEST:
-        code = "VALIDATION_ERROR";
-        message = "Bad request";
-        break;
+        *code = "VALIDATION_ERROR";
+        *message = "Bad request";
+        return;
 
     case NGX_HTTP_REQUEST_HEADER_TOO_LARGE:
-        status = NGX_HTTP_BAD_REQUEST;
-        code = "VALIDATION_ERROR";
-        message = "Request header too large";
-        break;
+        *status = NGX_HTTP_BAD_REQUEST;
+        *code = "VALIDATION_ERROR";
+        *message = "Request header too large";
+        return;
 
     case NGX_HTTP_REQUEST_URI_TOO_LARGE:
-        code = "VALIDATION_ERROR";
-        message = "Request URI too long";
-        break;
+        *code = "VALIDATION_ERROR";
+        *message = "Request URI too long";
+        return;
 
     case NGX_HTTP_UNAUTHORIZED:
-        code = "TOKEN_INVALID";
-        message = "Invalid token";
-        break;
+        *code = "TOKEN_INVALID";
+        *message = "Invalid token";
+        return;
 
     case NGX_HTTP_FORBIDDEN:
-        code = "FORBIDDEN";
-        message = "Forbidden";
-        break;
+        *code = "FORBIDDEN";
+        *message = "Forbidden";
+        return;
 
     case NGX_HTTP_NOT_FOUND:
-        code = "NOT_FOUND";
-        message = "Not found";
-        break;
+        *code = "NOT_FOUND";
+        *message = "Not found";
+        return;
 
     case NGX_HTTP_NOT_ALLOWED:
-        /* SPEC §4 has no code of its own for it: a malformed request */
-        code = "VALIDATION_ERROR";
-        message = "Method not allowed";
-        break;
+        *code = "METHOD_NOT_ALLOWED";
+        *message = "Method not allowed";
+        return;
+
+    case NGX_HTTP_REQUEST_TIME_OUT:
+        *code = "VALIDATION_ERROR";
+        *message = "Request timed out";
+        return;
 
     case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
-        code = "PAYLOAD_TOO_LARGE";
-        message = "Request body too large";
-        break;
+        *code = "PAYLOAD_TOO_LARGE";
+        *message = "Request body too large";
+        return;
 
     case NGX_HTTP_UNSUPPORTED_MEDIA_TYPE:
-        code = "UNSUPPORTED_MEDIA_TYPE";
-        message = "Unsupported media type";
-        break;
+        *code = "UNSUPPORTED_MEDIA_TYPE";
+        *message = "Unsupported media type";
+        return;
 
-    case 429:
-        code = "RATE_LIMITED";
-        message = "Too many requests";
-        break;
+    case NGX_HTTP_TOO_MANY_REQUESTS:
+        *code = "RATE_LIMITED";
+        *message = "Too many requests";
+        return;
+
+    case NGX_HTTP_NOT_IMPLEMENTED:
+        /* an unsupported Transfer-Encoding: the client's to fix */
+        *code = "VALIDATION_ERROR";
+        *message = "Not implemented (Transfer-Encoding)";
+        return;
+
+    case NGX_HTTP_VERSION_NOT_SUPPORTED:
+        *code = "VALIDATION_ERROR";
+        *message = "HTTP version not supported";
+        return;
 
     case NGX_HTTP_BAD_GATEWAY:
     case NGX_HTTP_SERVICE_UNAVAILABLE:
     case NGX_HTTP_GATEWAY_TIME_OUT:
-        code = "SERVICE_UNAVAILABLE";
-        message = "Service unavailable, try again later";
-        break;
+        *code = "SERVICE_UNAVAILABLE";
+        *message = "Service unavailable, try again later";
+        return;
 
     default:
-        if (status < 400 || status > 599) {
-            status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (*status < 400 || *status > 599) {
+            *status = NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        code = (status < 500) ? "VALIDATION_ERROR" : "INTERNAL";
-        message = (status < 500) ? "Bad request" : "Internal server error";
-        break;
+        *code = (*status < 500) ? "VALIDATION_ERROR" : "INTERNAL";
+        *message = (*status < 500) ? "Bad request" : "Internal server error";
+        return;
     }
-
-    return ngx_ahava_send_error(r, status, code, message, NULL);
 }
 
 
-/*
- * An integer query argument in [min, max].  Absent: def.  Anything but
- * plain decimal digits is a validation error recorded in details.
- */
-
-ngx_int_t
-ngx_ahava_arg_uint(ngx_http_request_t *r, const char *name, ngx_uint_t def,
-    ngx_uint_t min, ngx_uint_t max, ngx_uint_t *value, json_t *details)
+ngx_ahava_rc_e
+ngx_ahava_answer_status(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_uint_t status)
 {
-    u_char     msg[128];
-    ngx_int_t  n;
-    ngx_str_t  arg;
+    const char  *code, *message;
 
-    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &arg) != NGX_OK) {
-        *value = def;
-        return NGX_OK;
-    }
+    ngx_ahava_status_code(&status, &code, &message);
 
-    n = (arg.len == 0 || arg.len > 9) ? NGX_ERROR : ngx_atoi(arg.data,
-                                                             arg.len);
-
-    if (n == NGX_ERROR || (ngx_uint_t) n < min || (ngx_uint_t) n > max) {
-        ngx_snprintf(msg, sizeof(msg),
-                     "\"%s\" must be an integer between %ui and %ui%Z",
-                     name, min, max);
-        return ngx_ahava_detail(details, name, (char *) msg);
-    }
-
-    *value = (ngx_uint_t) n;
-    return NGX_OK;
+    return ngx_ahava_answer_error(r, ctx, status, code, message, NULL);
 }
 
 
-/* A query argument that must be one of allowed[] (NULL-terminated) */
+/* For content handlers outside the pipeline (the error page) */
 
 ngx_int_t
-ngx_ahava_arg_enum(ngx_http_request_t *r, const char *name,
-    const char **allowed, ngx_int_t def, ngx_int_t *value, json_t *details)
+ngx_ahava_send_status_error(ngx_http_request_t *r, ngx_uint_t status)
 {
-    u_char      msg[256], *p, *last;
-    ngx_int_t   i;
-    ngx_str_t   arg;
+    ngx_ahava_ctx_t  ctx;
 
-    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &arg) != NGX_OK) {
-        *value = def;
-        return NGX_OK;
-    }
+    ngx_memzero(&ctx, sizeof(ngx_ahava_ctx_t));
 
-    for (i = 0; allowed[i]; i++) {
-        if (arg.len == ngx_strlen(allowed[i])
-            && ngx_strncmp(arg.data, allowed[i], arg.len) == 0)
-        {
-            *value = i;
-            return NGX_OK;
+    (void) ngx_ahava_answer_status(r, &ctx, status);
+
+    return ctx.rc;
+}
+
+
+/* Appends {"field":...,"message":...} to details (a new array if NULL) */
+
+json_t *
+ngx_ahava_detail(json_t *details, const char *field, const char *fmt, ...)
+{
+    u_char   msg[256], *p;
+    va_list  args;
+
+    if (details == NULL) {
+        details = json_array();
+        if (details == NULL) {
+            return NULL;
         }
     }
 
-    p = msg;
-    last = msg + sizeof(msg) - 1;
-    p = ngx_slprintf(p, last, "\"%s\" must be one of", name);
+    va_start(args, fmt);
+    p = ngx_vslprintf(msg, msg + sizeof(msg), fmt, args);
+    va_end(args);
 
-    for (i = 0; allowed[i]; i++) {
-        p = ngx_slprintf(p, last, "%s %s", i ? "," : "", allowed[i]);
-    }
-
-    *p = '\0';
-
-    return ngx_ahava_detail(details, name, (char *) msg);
-}
-
-
-static ngx_int_t
-ngx_ahava_detail(json_t *details, const char *field, const char *message)
-{
-    json_array_append_new(details, json_pack("{s:s, s:s}", "field", field,
-                                             "message", message));
-    return NGX_DECLINED;
+    json_array_append_new(details, json_pack("{s:s, s:s%}", "field", field,
+                                             "message", msg, p - msg));
+    return details;
 }
 
 
 json_t *
-ngx_ahava_json_loadn(ngx_http_request_t *r, ngx_str_t *text)
+ngx_ahava_json_loadn(ngx_http_request_t *r, u_char *text, size_t len)
 {
     json_t        *root;
     json_error_t   err;
 
-    root = json_loadb((char *) text->data, text->len,
+    root = json_loadb((char *) text, len,
                       JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
 
     if (root == NULL) {
@@ -301,64 +366,153 @@ ngx_ahava_json_loadn(ngx_http_request_t *r, ngx_str_t *text)
 }
 
 
-/*
- * Sets obj[field] to the decrypted text of ciphertext.  A value that fails
- * authentication (or is not UTF-8) is never returned as garbage: the field
- * is null and error_field says DECRYPTION_FAILED (SPEC §10).
- */
+/* Column text of a result */
+
+u_char *
+ngx_ahava_pg_copy(u_char *p, PGresult *res, int row, int col)
+{
+    return ngx_cpymem(p, PQgetvalue(res, row, col),
+                      PQgetlength(res, row, col));
+}
+
 
 ngx_int_t
-ngx_ahava_decrypt_field(ngx_http_request_t *r, json_t *obj, const char *field,
-    const char *error_field, ngx_str_t *ciphertext)
+ngx_ahava_pg_int(PGresult *res, int row, int col)
 {
-    u_char                 *plain, **keys;
-    size_t                  len;
-    json_t                 *s;
-    ngx_ahava_main_conf_t  *amcf;
-
-    if (ciphertext == NULL || ciphertext->data == NULL) {
-        json_object_set_new(obj, field, json_null());
-        return NGX_OK;
-    }
-
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-
-    plain = ngx_pnalloc(r->pool,
-                        ngx_ahava_crypto_decrypted_max_len(ciphertext->len)
-                        + 1);
-    if (plain == NULL) {
+    if (PQgetisnull(res, row, col)) {
         return NGX_ERROR;
     }
 
-    keys = amcf->keys ? amcf->keys->elts : NULL;
-    s = NULL;
+    return ngx_atoi((u_char *) PQgetvalue(res, row, col),
+                    PQgetlength(res, row, col));
+}
 
-    if (keys
-        && ngx_ahava_crypto_decrypt((const u_char *const *) keys,
-                                    amcf->keys->nelts, ciphertext->data,
-                                    ciphertext->len, plain, &len)
-           == 0)
-    {
-        s = json_stringn((char *) plain, len);
+
+/*
+ * A JSON object PostgreSQL built (column json_col, ending in '}') with one
+ * more field: the decryption of the ciphertext in ct_col.  A value that
+ * fails authentication (or is not UTF-8) is never returned as garbage: the
+ * field is null and error_field says DECRYPTION_FAILED (SPEC §10).
+ */
+
+size_t
+ngx_ahava_splice_size(PGresult *res, int row, int json_col, int ct_col)
+{
+    /* every plaintext byte may become \u00XX; names and the error field */
+    return PQgetlength(res, row, json_col)
+           + 6 * ngx_ahava_crypto_decrypted_max_len(
+                     PQgetlength(res, row, ct_col))
+           + 128;
+}
+
+
+u_char *
+ngx_ahava_splice(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
+    int json_col, int ct_col, const char *field, const char *error_field)
+{
+    size_t  len;
+
+    len = PQgetlength(res, row, json_col);
+
+    if (len < 2) {
+        return NULL;
     }
 
-    if (s == NULL) {
+    p = ngx_cpymem(p, PQgetvalue(res, row, json_col), len - 1);
+
+    if (len > 2) {
+        *p++ = ',';                     /* not an empty object */
+    }
+
+    p = ngx_ahava_decrypted_field(r, p, res, row, ct_col, field,
+                                  error_field);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *p++ = '}';
+
+    return p;
+}
+
+
+/* "field":"<plaintext>" or "field":null,"error_field":"DECRYPTION_FAILED" */
+
+u_char *
+ngx_ahava_decrypted_field(ngx_http_request_t *r, u_char *p, PGresult *res,
+    int row, int col, const char *field, const char *error_field)
+{
+    ngx_str_t  plain;
+    ngx_int_t  rc;
+
+    p = ngx_sprintf(p, "\"%s\":", field);
+
+    if (PQgetisnull(res, row, col)) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    rc = ngx_ahava_decrypt(r, (u_char *) PQgetvalue(res, row, col),
+                           PQgetlength(res, row, col), &plain);
+
+    if (rc == NGX_ERROR) {
+        return NULL;
+    }
+
+    if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ahava: decryption of \"%s\" failed", field);
-        json_object_set_new(obj, field, json_null());
-        json_object_set_new(obj, error_field, json_string("DECRYPTION_FAILED"));
+        return ngx_sprintf(p, "null,\"%s\":\"DECRYPTION_FAILED\"",
+                           error_field);
+    }
+
+    return ngx_ahava_json_string_write(p, plain.data, plain.len);
+}
+
+
+/*
+ * The plaintext of a stored ciphertext (SPEC §10): NGX_OK; NGX_DECLINED
+ * when no key authenticates it or it is not UTF-8; NGX_ERROR.
+ */
+
+ngx_int_t
+ngx_ahava_decrypt(ngx_http_request_t *r, u_char *ct, size_t ct_len,
+    ngx_str_t *plain)
+{
+    u_char                 **keys;
+    ngx_ahava_main_conf_t   *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
+
+    if (amcf->keys == NULL) {
         return NGX_DECLINED;
     }
 
-    json_object_set_new(obj, field, s);
+    plain->data = ngx_pnalloc(r->pool,
+                              ngx_ahava_crypto_decrypted_max_len(ct_len) + 1);
+    if (plain->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    keys = amcf->keys->elts;
+
+    if (ngx_ahava_crypto_decrypt((const u_char *const *) keys,
+                                 amcf->keys->nelts, ct, ct_len, plain->data,
+                                 &plain->len)
+        != 0
+        || !ngx_ahava_utf8_valid(plain->data, plain->len))
+    {
+        return NGX_DECLINED;
+    }
+
     return NGX_OK;
 }
 
 
-/* The ciphertext of plain as a query parameter (SPEC §10, current key) */
+/* The ciphertext of plain as a statement parameter (SPEC §10) */
 
 char *
-ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain, size_t len)
+ngx_ahava_encrypt_param(ngx_http_request_t *r, const u_char *plain,
+    size_t len)
 {
     u_char                 *out, **keys;
     size_t                  n;
@@ -380,10 +534,7 @@ ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain, size_t len)
         return NULL;
     }
 
-    if (ngx_ahava_crypto_encrypt(keys[0], (const u_char *) plain, len, out,
-                                 &n)
-        != 0)
-    {
+    if (ngx_ahava_crypto_encrypt(keys[0], plain, len, out, &n) != 0) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ahava: encryption failed");
         return NULL;
@@ -392,49 +543,4 @@ ngx_ahava_encrypt_param(ngx_http_request_t *r, const char *plain, size_t len)
     out[n] = '\0';
 
     return (char *) out;
-}
-
-
-/* A NUL-terminated copy, for query parameters */
-
-char *
-ngx_ahava_pstrz(ngx_http_request_t *r, u_char *data, size_t len)
-{
-    u_char  *p;
-
-    p = ngx_pnalloc(r->pool, len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(p, data, len);
-    p[len] = '\0';
-
-    return (char *) p;
-}
-
-
-/* Decrypts the "content" of each message of a JSON array in place */
-
-ngx_int_t
-ngx_ahava_decrypt_messages(ngx_http_request_t *r, json_t *messages)
-{
-    size_t      i;
-    json_t     *m, *content;
-    ngx_str_t   ct;
-
-    json_array_foreach(messages, i, m) {
-        content = json_object_get(m, "content");
-
-        ct.data = (u_char *) json_string_value(content);
-        ct.len = ct.data ? json_string_length(content) : 0;
-
-        if (ngx_ahava_decrypt_field(r, m, "content", "contentError", &ct)
-            == NGX_ERROR)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
 }

@@ -17,9 +17,6 @@
 static size_t ngx_ahava_json_size(json_t *v);
 static u_char *ngx_ahava_json_write(u_char *p, json_t *v);
 static size_t ngx_ahava_json_real(double d, u_char *buf);
-static size_t ngx_ahava_json_string_size(const char *s, size_t len);
-static u_char *ngx_ahava_json_string_write(u_char *p, const char *s,
-    size_t len);
 
 
 ngx_int_t
@@ -59,7 +56,7 @@ ngx_ahava_json_size(json_t *v)
 
         json_object_foreach(v, key, e) {
             size += (i++ ? 1 : 0)
-                    + ngx_ahava_json_string_size(key, ngx_strlen(key)) + 1
+                    + ngx_ahava_json_string_size((u_char *) key, ngx_strlen(key)) + 1
                     + ngx_ahava_json_size(e);
         }
 
@@ -75,7 +72,7 @@ ngx_ahava_json_size(json_t *v)
         return size;
 
     case JSON_STRING:
-        return ngx_ahava_json_string_size(json_string_value(v),
+        return ngx_ahava_json_string_size((u_char *) json_string_value(v),
                                           json_string_length(v));
 
     case JSON_INTEGER:
@@ -114,7 +111,7 @@ ngx_ahava_json_write(u_char *p, json_t *v)
                 *p++ = ',';
             }
 
-            p = ngx_ahava_json_string_write(p, key, ngx_strlen(key));
+            p = ngx_ahava_json_string_write(p, (u_char *) key, ngx_strlen(key));
             *p++ = ':';
             p = ngx_ahava_json_write(p, e);
         }
@@ -137,7 +134,7 @@ ngx_ahava_json_write(u_char *p, json_t *v)
         return p;
 
     case JSON_STRING:
-        return ngx_ahava_json_string_write(p, json_string_value(v),
+        return ngx_ahava_json_string_write(p, (u_char *) json_string_value(v),
                                            json_string_length(v));
 
     case JSON_INTEGER:
@@ -182,8 +179,10 @@ ngx_ahava_json_real(double d, u_char *buf)
 }
 
 
-static size_t
-ngx_ahava_json_string_size(const char *s, size_t len)
+/* The JSON string literal of UTF-8 text (escapes for the controls) */
+
+size_t
+ngx_ahava_json_string_size(const u_char *s, size_t len)
 {
     size_t  i, size;
     u_char  c;
@@ -212,8 +211,8 @@ ngx_ahava_json_string_size(const char *s, size_t len)
 
 /* UTF-8 passes through (jansson validated it); control bytes escaped */
 
-static u_char *
-ngx_ahava_json_string_write(u_char *p, const char *s, size_t len)
+u_char *
+ngx_ahava_json_string_write(u_char *p, const u_char *s, size_t len)
 {
     size_t  i;
     u_char  c;

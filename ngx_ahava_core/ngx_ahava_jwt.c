@@ -1,20 +1,28 @@
 
 /*
  * JWT verification (SPEC §3).  libjwt 1.10 verifies with whatever "alg" the
- * token names, so the algorithm is pinned here before libjwt sees the token,
- * and again after; exp and nbf are checked here (1.10 has no jwt_valid_*).
+ * token names, so the algorithm is pinned here before libjwt sees the
+ * token, and again after; exp and nbf are checked here (1.10 has no
+ * jwt_valid_*).  HS* signatures are checked here too, in constant time:
+ * libjwt 1.10 compares the HMAC with strcmp.  A "crit" header is refused:
+ * we implement no extension it could name (RFC 7515 §4.1.11).
  */
 
 
 #include "ngx_ahava_core.h"
 
 #include <jwt.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 
 #define NGX_AHAVA_JWT_MAX_LEN   8192
 
 
 static json_t *ngx_ahava_jwt_part(ngx_str_t *part, ngx_log_t *log);
+static ngx_int_t ngx_ahava_jwt_hmac(ngx_ahava_main_conf_t *amcf,
+    ngx_str_t *input, ngx_str_t *signature, ngx_log_t *log);
 
 
 ngx_int_t
@@ -58,7 +66,7 @@ ngx_ahava_jwt_verify(ngx_ahava_main_conf_t *amcf, ngx_str_t *token,
     jwt_t               *jwt;
     json_t              *header, *payload, *alg, *exp, *nbf, *uid;
     time_t               now;
-    ngx_str_t            part;
+    ngx_str_t            part, sig;
     ngx_ahava_jwt_rc_e   rc;
 
     header = NULL;
@@ -129,6 +137,25 @@ ngx_ahava_jwt_verify(ngx_ahava_main_conf_t *amcf, ngx_str_t *token,
         goto done;
     }
 
+    if (json_object_get(header, "crit") != NULL) {
+        *reason = "crit header names an unsupported extension";
+        goto done;
+    }
+
+    if (amcf->jwt_alg_name.data[0] == 'H') {
+        part.data = token->data;
+        part.len = dot2 - token->data;
+        sig.data = dot2 + 1;
+        sig.len = last - sig.data;
+
+        if (ngx_ahava_jwt_hmac(amcf, &part, &sig, log) != NGX_OK) {
+            *reason = "bad signature";
+            goto done;
+        }
+
+        goto verified;
+    }
+
     tok = ngx_alloc(token->len + 1, log);
     if (tok == NULL) {
         *reason = "out of memory";
@@ -149,6 +176,8 @@ ngx_ahava_jwt_verify(ngx_ahava_main_conf_t *amcf, ngx_str_t *token,
         *reason = "unexpected algorithm";
         goto done;
     }
+
+verified:
 
     part.data = dot1 + 1;
     part.len = dot2 - dot1 - 1;
@@ -253,4 +282,53 @@ ngx_ahava_jwt_part(ngx_str_t *part, ngx_log_t *log)
     }
 
     return obj;
+}
+
+
+/* The HMAC of input under the secret, compared in constant time */
+
+static ngx_int_t
+ngx_ahava_jwt_hmac(ngx_ahava_main_conf_t *amcf, ngx_str_t *input,
+    ngx_str_t *signature, ngx_log_t *log)
+{
+    u_char         mac[EVP_MAX_MD_SIZE], sent[EVP_MAX_MD_SIZE + 4];
+    unsigned int   mac_len;
+    ngx_str_t      dec;
+    const EVP_MD  *md;
+
+    switch (amcf->jwt_alg_name.data[2]) {
+    case '2':
+        md = EVP_sha256();
+        break;
+    case '3':
+        md = EVP_sha384();
+        break;
+    default:
+        md = EVP_sha512();
+        break;
+    }
+
+    if (signature->len > ngx_base64_encoded_length(EVP_MAX_MD_SIZE)) {
+        return NGX_ERROR;
+    }
+
+    dec.data = sent;
+
+    if (ngx_decode_base64url(&dec, signature) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (HMAC(md, amcf->jwt_key.data, (int) amcf->jwt_key.len, input->data,
+             input->len, mac, &mac_len)
+        == NULL)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "ahava: HMAC() failed");
+        return NGX_ERROR;
+    }
+
+    if (dec.len != mac_len || CRYPTO_memcmp(mac, dec.data, mac_len) != 0) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }

@@ -5,17 +5,31 @@
  * libpq's non-blocking API driven by nginx events: each connection's socket
  * is wrapped in an ngx_connection_t registered level-triggered (libpq reads
  * at most one buffer per PQconsumeInput, so an edge-triggered fd could leave
- * the tail of a result in the kernel with no new edge coming).
+ * the tail of a result in the kernel with no new edge coming; over TLS the
+ * tail can also wait inside OpenSSL, hence the SSL_pending loop).
+ *
+ * A connection prepares every declared statement when it opens (and so
+ * again after any reconnect) before it serves a query; queries run with
+ * PQsendQueryPrepared.
+ *
+ * A query belongs to an owner — a request in any phase, a WebSocket
+ * session, the worker itself — and its completion (q->done) runs from an
+ * event, never from inside ngx_ahava_pg_send(): a failure found while
+ * sending is the caller's answer, a failure found later is done's.
  *
  * The pool is bounded (pg_pool_size connections, pg_wait_queue waiters with
- * a timer each); beyond that a request is answered 503 at once.  A broken
- * connection is closed; when connecting fails the pool is "down" and answers
- * 503 at once while a cancelable timer retries with back-off, so a restarted
- * PostgreSQL heals without touching nginx.
+ * a timer each).  Health is per connection: a query waits for whichever
+ * connection frees first, and is refused (503) only when the queue is full
+ * or no connection can serve — none is open, none is opening, and the last
+ * attempt to open one failed.  Failed connects back off (250 ms doubling to
+ * 10 s); a cancelable retry timer keeps trying while nothing is open, so a
+ * restarted PostgreSQL heals without touching nginx.
  */
 
 
 #include "ngx_ahava_core.h"
+
+#include <openssl/ssl.h>
 
 
 #define NGX_AHAVA_PG_RETRY_MIN   250
@@ -24,6 +38,7 @@
 
 typedef enum {
     NGX_AHAVA_PG_CONNECTING = 0,
+    NGX_AHAVA_PG_PREPARING,
     NGX_AHAVA_PG_IDLE,
     NGX_AHAVA_PG_BUSY
 } ngx_ahava_pg_state_e;
@@ -35,9 +50,11 @@ typedef struct {
     PGconn                    *conn;
     ngx_connection_t          *c;
     ngx_ahava_pg_query_t      *query;           /* NULL while draining */
-    PGresult                  *result;          /* kept for the handler */
+    PGresult                  *result;          /* the statement's result */
+    ngx_uint_t                 prepared;        /* statements so far */
     ngx_ahava_pg_state_e       state;
     unsigned                   failed:1;        /* a result said error */
+    unsigned                   discard:1;       /* close once done */
 } ngx_ahava_pg_conn_t;
 
 
@@ -45,50 +62,57 @@ struct ngx_ahava_pg_pool_s {
     ngx_ahava_main_conf_t     *amcf;
     ngx_log_t                 *log;
     ngx_queue_t                idle;
-    ngx_queue_t                active;          /* connecting or busy */
+    ngx_queue_t                active;          /* opening or busy */
     ngx_queue_t                waiters;
-    ngx_uint_t                 nconns;
+    ngx_uint_t                 nconns;          /* every state */
+    ngx_uint_t                 nopening;        /* connecting, preparing */
     ngx_uint_t                 nwaiters;
     ngx_event_t                retry;
+    ngx_event_t                fail;            /* posted: fail the waiters */
     ngx_msec_t                 backoff;
-    unsigned                   down:1;
+    ngx_msec_t                 connect_after;   /* no new connect before */
+    ngx_ahava_log_limit_t      refuse_log;
+    ngx_ahava_log_limit_t      connect_log;
+    unsigned                   failed:1;        /* the last connect failed */
     unsigned                   exiting:1;
 };
 
 
-static ngx_ahava_pg_conn_t *ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool);
+static ngx_int_t ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc);
+static ngx_int_t ngx_ahava_pg_rebind(ngx_ahava_pg_conn_t *pc);
+static void ngx_ahava_pg_prepare_next(ngx_ahava_pg_conn_t *pc);
+static void ngx_ahava_pg_connect_failed(ngx_ahava_pg_conn_t *pc,
+    const char *what);
 static ngx_int_t ngx_ahava_pg_start(ngx_ahava_pg_conn_t *pc,
     ngx_ahava_pg_query_t *q);
-static void ngx_ahava_pg_flush(ngx_ahava_pg_conn_t *pc);
+static ngx_int_t ngx_ahava_pg_flush(ngx_ahava_pg_conn_t *pc);
 static void ngx_ahava_pg_read_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_write_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_consume(ngx_ahava_pg_conn_t *pc);
+static void ngx_ahava_pg_complete(ngx_ahava_pg_conn_t *pc);
 static void ngx_ahava_pg_release(ngx_ahava_pg_conn_t *pc);
-static void ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc, ngx_int_t rc);
+static void ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc);
+static void ngx_ahava_pg_lost(ngx_ahava_pg_conn_t *pc, const char *why);
 static void ngx_ahava_pg_finish(ngx_ahava_pg_query_t *q, PGresult *res,
     ngx_int_t rc);
 static void ngx_ahava_pg_set_events(ngx_ahava_pg_conn_t *pc, ngx_uint_t read,
     ngx_uint_t write);
-static void ngx_ahava_pg_mark_down(ngx_ahava_pg_pool_t *pool);
+static void ngx_ahava_pg_grow(ngx_ahava_pg_pool_t *pool);
+static void ngx_ahava_pg_check(ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_retry_handler(ngx_event_t *ev);
+static void ngx_ahava_pg_fail_handler(ngx_event_t *ev);
 static void ngx_ahava_pg_wait_timeout_handler(ngx_event_t *ev);
-static void ngx_ahava_pg_cleanup(void *data);
-static void ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool);
-static void ngx_ahava_pg_notice(void *arg, const char *message);
-static void ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool);
 static ngx_ahava_pg_query_t *ngx_ahava_pg_next_waiter(
     ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_unwait(ngx_ahava_pg_query_t *q);
-static ngx_int_t ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool,
-    ngx_ahava_pg_query_t *q, ngx_log_t *log);
+static void ngx_ahava_pg_notice(void *arg, const char *message);
 
 
 ngx_ahava_pg_pool_t *
 ngx_ahava_pg_pool_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
 {
     ngx_ahava_pg_pool_t  *pool;
-    ngx_ahava_pg_conn_t  *pc;
 
     pool = ngx_pcalloc(cycle->pool, sizeof(ngx_ahava_pg_pool_t));
     if (pool == NULL) {
@@ -106,21 +130,31 @@ ngx_ahava_pg_pool_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
     pool->retry.log = cycle->log;
     pool->retry.cancelable = 1;
 
+    pool->fail.handler = ngx_ahava_pg_fail_handler;
+    pool->fail.data = pool;
+    pool->fail.log = cycle->log;
+
     /* one warm connection: the first request need not wait for a connect */
-    pc = ngx_ahava_pg_connect(pool);
-    if (pc == NULL) {
-        ngx_ahava_pg_mark_down(pool);
+    if (ngx_ahava_pg_connect(pool) != NGX_OK) {
+        pool->failed = 1;
+        ngx_add_timer(&pool->retry, NGX_AHAVA_PG_RETRY_MIN);
     }
 
     return pool;
 }
 
 
+/*
+ * At worker exit: nothing is run for the owners (their requests are being
+ * torn down too), no connection is opened any more, every socket goes.
+ */
+
 void
 ngx_ahava_pg_pool_destroy(ngx_ahava_pg_pool_t *pool)
 {
-    ngx_queue_t          *q;
-    ngx_ahava_pg_conn_t  *pc;
+    ngx_queue_t           *qu;
+    ngx_ahava_pg_conn_t   *pc;
+    ngx_ahava_pg_query_t  *q;
 
     pool->exiting = 1;
 
@@ -128,125 +162,67 @@ ngx_ahava_pg_pool_destroy(ngx_ahava_pg_pool_t *pool)
         ngx_del_timer(&pool->retry);
     }
 
-    ngx_ahava_pg_fail_waiters(pool);
+    if (pool->fail.posted) {
+        ngx_delete_posted_event(&pool->fail);
+    }
+
+    while ((q = ngx_ahava_pg_next_waiter(pool)) != NULL) {
+        /* detached: done is never called */
+    }
 
     while (!ngx_queue_empty(&pool->idle)) {
-        q = ngx_queue_head(&pool->idle);
-        pc = ngx_queue_data(q, ngx_ahava_pg_conn_t, queue);
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        qu = ngx_queue_head(&pool->idle);
+        ngx_ahava_pg_close(ngx_queue_data(qu, ngx_ahava_pg_conn_t, queue));
     }
 
     while (!ngx_queue_empty(&pool->active)) {
-        q = ngx_queue_head(&pool->active);
-        pc = ngx_queue_data(q, ngx_ahava_pg_conn_t, queue);
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        qu = ngx_queue_head(&pool->active);
+        pc = ngx_queue_data(qu, ngx_ahava_pg_conn_t, queue);
+
+        if (pc->query) {
+            pc->query->conn = NULL;
+            pc->query->running = 0;
+            pc->query = NULL;
+        }
+
+        ngx_ahava_pg_close(pc);
     }
 }
 
+
+/* PostgreSQL can serve: a connection is open, or none has failed yet */
 
 ngx_int_t
 ngx_ahava_pg_healthy(ngx_ahava_pg_pool_t *pool)
 {
-    return (pool != NULL && !pool->down) ? NGX_OK : NGX_ERROR;
-}
-
-
-ngx_ahava_pg_query_t *
-ngx_ahava_pg_query(ngx_http_request_t *r, const char *sql,
-    ngx_ahava_pg_handler_pt handler)
-{
-    ngx_ahava_pg_query_t  *q;
-
-    q = ngx_pcalloc(r->pool, sizeof(ngx_ahava_pg_query_t));
-    if (q == NULL) {
-        return NULL;
+    if (pool == NULL) {
+        return NGX_ERROR;
     }
 
-    if (sql) {
-        q->sql.data = (u_char *) sql;
-        q->sql.len = ngx_strlen(sql);
-    }
-
-    q->handler = handler;
-
-    return q;
+    return (pool->nconns > pool->nopening || !pool->failed) ? NGX_OK
+                                                           : NGX_ERROR;
 }
 
 
 /*
- * Starts q for r.  NGX_OK: the handler will run later, from an event, never
- * from inside this call.  Otherwise an HTTP status to answer with now.
+ * Starts q.  NGX_OK: q->done will run later, from an event, never from
+ * inside this call.  NGX_HTTP_SERVICE_UNAVAILABLE: refused now (the queue
+ * is full, or no connection can serve); done will not run.
  */
 
 ngx_int_t
-ngx_ahava_pg_send(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+ngx_ahava_pg_send(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
 {
-    ngx_ahava_pg_pool_t     *pool;
-    ngx_http_cleanup_t      *cln;
-    ngx_ahava_main_conf_t   *amcf;
-
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-    pool = amcf->pg;
-
-    if (pool == NULL || pool->down) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "ahava: postgresql unavailable, answering 503");
-        return NGX_HTTP_SERVICE_UNAVAILABLE;
-    }
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_ahava_pg_cleanup;
-    cln->data = q;
-
-    q->request = r;
-
-    /* the caller goes asynchronous: notice a client that goes away */
-    r->read_event_handler = ngx_http_test_reading;
-
-    return ngx_ahava_pg_dispatch(pool, q, r->connection->log);
-}
-
-
-/*
- * A query no request waits for (an audit entry, say): it lives in its own
- * memory pool, destroyed when the query ends.  NGX_OK, or NGX_DECLINED when
- * the pool is down or busy — the caller logs what is lost.
- */
-
-ngx_int_t
-ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
-{
-    if (pool == NULL || pool->down || q->own_pool == NULL) {
-        return NGX_DECLINED;
-    }
-
-    /*
-     * never in the wait queue: a flood of, say, bad tokens must not take
-     * the places of API requests
-     */
-    if (ngx_queue_empty(&pool->idle)
-        && pool->nconns >= pool->amcf->pg_pool_size)
-    {
-        return NGX_DECLINED;
-    }
-
-    q->request = NULL;
-
-    return (ngx_ahava_pg_dispatch(pool, q, pool->log) == NGX_OK)
-           ? NGX_OK : NGX_DECLINED;
-}
-
-
-static ngx_int_t
-ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q,
-    ngx_log_t *log)
-{
+    ngx_uint_t             room;
     ngx_queue_t           *qu;
     ngx_ahava_pg_conn_t   *pc;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                   "ahava pg: send \"%V\"", &q->stmt->name);
+
+    if (pool == NULL || pool->exiting) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
 
     q->pool = pool;
     q->rc = NGX_AGAIN;
@@ -262,27 +238,31 @@ ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q,
             return NGX_OK;
         }
 
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        /* a broken idle connection: no query of anyone's is on it */
+        ngx_ahava_pg_lost(pc, "sending failed");
     }
 
-    if (pool->nconns < pool->amcf->pg_pool_size) {
-        pc = ngx_ahava_pg_connect(pool);
-        if (pc == NULL) {
-            q->done = 1;
-            ngx_ahava_pg_mark_down(pool);
-            return NGX_HTTP_SERVICE_UNAVAILABLE;
-        }
-
-        pc->query = q;
-        q->conn = pc;
-        return NGX_OK;
+    if (pool->nconns == 0 && pool->failed
+        && ngx_current_msec < pool->connect_after)
+    {
+        ngx_ahava_log_limited(&pool->refuse_log, NGX_LOG_WARN, q->log,
+                              "ahava: postgresql is unreachable, "
+                              "answering 503");
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
-    if (pool->nwaiters >= pool->amcf->pg_wait_queue) {
-        q->done = 1;
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "ahava: postgresql pool and wait queue are full, "
-                      "answering 503");
+    /* waiters the connections being (or about to be) opened will take
+     * do not count against the queue */
+    room = pool->amcf->pg_wait_queue + pool->nopening;
+
+    if ((ngx_msec_int_t) (ngx_current_msec - pool->connect_after) >= 0) {
+        room += pool->amcf->pg_pool_size - pool->nconns;
+    }
+
+    if (pool->nwaiters >= room) {
+        ngx_ahava_log_limited(&pool->refuse_log, NGX_LOG_WARN, q->log,
+                              "ahava: postgresql pool and wait queue are "
+                              "full, answering 503");
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -292,19 +272,65 @@ ngx_ahava_pg_dispatch(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q,
 
     q->wait_timer.handler = ngx_ahava_pg_wait_timeout_handler;
     q->wait_timer.data = q;
-    q->wait_timer.log = log;
+    q->wait_timer.log = q->log;
     ngx_add_timer(&q->wait_timer, pool->amcf->pg_wait_timeout);
+
+    ngx_ahava_pg_grow(pool);
 
     return NGX_OK;
 }
 
 
-static ngx_ahava_pg_conn_t *
+/*
+ * A query of the worker's own (audit rows, say) that must never take a
+ * place in the wait queue: it runs on an idle connection now, or
+ * NGX_DECLINED and the caller tries again later.
+ */
+
+ngx_int_t
+ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
+{
+    if (pool == NULL || pool->exiting || ngx_queue_empty(&pool->idle)) {
+        return NGX_DECLINED;
+    }
+
+    return (ngx_ahava_pg_send(pool, q) == NGX_OK) ? NGX_OK : NGX_DECLINED;
+}
+
+
+/*
+ * The owner goes away (client abort, timeout, socket closed): a waiter
+ * leaves the queue, a running query is detached and its connection drains
+ * the result and returns to the pool (statement_timeout bounds how long).
+ * done will not run.
+ */
+
+void
+ngx_ahava_pg_cancel(ngx_ahava_pg_query_t *q)
+{
+    ngx_ahava_pg_conn_t  *pc;
+
+    if (q->waiting) {
+        ngx_ahava_pg_unwait(q);
+        return;
+    }
+
+    if (q->running) {
+        pc = q->conn;
+        pc->query = NULL;
+        q->conn = NULL;
+        q->running = 0;
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                       "ahava pg: query detached, connection drains");
+    }
+}
+
+
+static ngx_int_t
 ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
 {
-    int                     fd;
     PGconn                 *conn;
-    ngx_event_t            *rev, *wev;
     ngx_connection_t       *c;
     ngx_ahava_pg_conn_t    *pc;
     ngx_ahava_main_conf_t  *amcf;
@@ -316,7 +342,7 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
     if (conn == NULL) {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "ahava: PQconnectStartParams() failed: out of memory");
-        return NULL;
+        return NGX_ERROR;
     }
 
     if (PQstatus(conn) == CONNECTION_BAD) {
@@ -324,7 +350,7 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
                       "ahava: postgresql connect failed: %s",
                       PQerrorMessage(conn));
         PQfinish(conn);
-        return NULL;
+        return NGX_ERROR;
     }
 
     /* libpq would print notices to stderr */
@@ -335,22 +361,20 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
                       "ahava: PQsetnonblocking() failed: %s",
                       PQerrorMessage(conn));
         PQfinish(conn);
-        return NULL;
+        return NGX_ERROR;
     }
 
-    fd = PQsocket(conn);
-
-    c = ngx_get_connection(fd, pool->log);
+    c = ngx_get_connection(PQsocket(conn), pool->log);
     if (c == NULL) {
         PQfinish(conn);
-        return NULL;
+        return NGX_ERROR;
     }
 
     pc = ngx_calloc(sizeof(ngx_ahava_pg_conn_t), pool->log);
     if (pc == NULL) {
-        ngx_free_connection(c);
+        ngx_ahava_forget_connection(c);
         PQfinish(conn);
-        return NULL;
+        return NGX_ERROR;
     }
 
     pc->pool = pool;
@@ -359,40 +383,40 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
     pc->state = NGX_AHAVA_PG_CONNECTING;
 
     c->data = pc;
-    rev = c->read;
-    wev = c->write;
-    rev->handler = ngx_ahava_pg_read_handler;
-    wev->handler = ngx_ahava_pg_write_handler;
-    rev->log = pool->log;
-    wev->log = pool->log;
+    c->read->handler = ngx_ahava_pg_read_handler;
+    c->write->handler = ngx_ahava_pg_write_handler;
+    c->read->log = pool->log;
+    c->write->log = pool->log;
 
     ngx_queue_insert_tail(&pool->active, &pc->queue);
     pool->nconns++;
+    pool->nopening++;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+                   "ahava pg: connecting, %ui connections", pool->nconns);
 
     /* PQconnectPoll ignores connect_timeout: our own timer bounds it */
-    ngx_add_timer(rev, amcf->pg_connect_timeout);
+    ngx_add_timer(c->read, amcf->pg_connect_timeout);
 
     /* libpq's docs: after PQconnectStart, wait for write-ready first */
     ngx_ahava_pg_set_events(pc, 0, 1);
 
-    return pc;
+    return NGX_OK;
 }
 
 
 static void
 ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc)
 {
-    ngx_ahava_pg_pool_t        *pool;
-    ngx_ahava_pg_query_t       *q;
-    PostgresPollingStatusType   st;
+    PostgresPollingStatusType  st;
 
     for ( ;; ) {
         st = PQconnectPoll(pc->conn);
 
-        if (PQsocket(pc->conn) != pc->c->fd) {
-            /* fallback modes would open a new socket; we disable them */
-            ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
-                          "ahava: postgresql connection changed its socket");
+        /* another address of the host, or a TLS retry: a new socket */
+        if (PQsocket(pc->conn) != pc->c->fd
+            && ngx_ahava_pg_rebind(pc) != NGX_OK)
+        {
             st = PGRES_POLLING_FAILED;
         }
 
@@ -414,78 +438,170 @@ ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc)
             continue;
 
         default:
-            ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
-                          "ahava: postgresql connect failed: %s",
-                          PQerrorMessage(pc->conn));
-            pool = pc->pool;
-            ngx_ahava_pg_mark_down(pool);
-            ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+            ngx_ahava_pg_connect_failed(pc, PQerrorMessage(pc->conn));
             return;
         }
 
         break;
     }
 
-    if (pc->c->read->timer_set) {
-        ngx_del_timer(pc->c->read);
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, pc->pool->log, 0,
+                   "ahava pg: connected, preparing statements");
+
+    pc->state = NGX_AHAVA_PG_PREPARING;
+    pc->prepared = 0;
+
+    ngx_ahava_pg_prepare_next(pc);
+}
+
+
+/* libpq moved to a new socket: the nginx side follows it */
+
+static ngx_int_t
+ngx_ahava_pg_rebind(ngx_ahava_pg_conn_t *pc)
+{
+    ngx_msec_t         left;
+    ngx_connection_t  *c, *old;
+
+    old = pc->c;
+    left = old->read->timer_set ? old->read->timer.key - ngx_current_msec
+                                : pc->pool->amcf->pg_connect_timeout;
+
+    /* libpq closed the old fd already */
+    ngx_ahava_forget_connection(old);
+
+    c = ngx_get_connection(PQsocket(pc->conn), pc->pool->log);
+    if (c == NULL) {
+        /* nothing to watch any more: PQfinish() will do the rest */
+        pc->c = NULL;
+        return NGX_ERROR;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pool->log, 0,
-                   "ahava pg: connected, %ui connections", pc->pool->nconns);
+    c->data = pc;
+    c->read->handler = ngx_ahava_pg_read_handler;
+    c->write->handler = ngx_ahava_pg_write_handler;
+    c->read->log = pc->pool->log;
+    c->write->log = pc->pool->log;
+    pc->c = c;
 
-    pc->pool->down = 0;
-    pc->pool->backoff = 0;
-    pc->state = NGX_AHAVA_PG_IDLE;
+    ngx_add_timer(c->read, (ngx_msec_int_t) left > 0 ? left : 1);
 
-    q = pc->query;
+    return NGX_OK;
+}
 
-    if (q == NULL) {
+
+/* The next declared statement, or the connection is ready to serve */
+
+static void
+ngx_ahava_pg_prepare_next(ngx_ahava_pg_conn_t *pc)
+{
+    ngx_ahava_stmt_t     **stmts, *st;
+    ngx_ahava_pg_pool_t   *pool;
+
+    pool = pc->pool;
+    stmts = pool->amcf->stmts.elts;
+
+    if (pc->prepared == pool->amcf->stmts.nelts) {
+        if (pc->c->read->timer_set) {
+            ngx_del_timer(pc->c->read);
+        }
+
+        pool->nopening--;
+        pool->failed = 0;
+        pool->backoff = 0;
+        pool->connect_after = 0;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+                       "ahava pg: ready, %ui statements, %ui connections",
+                       pc->prepared, pool->nconns);
+
         ngx_ahava_pg_release(pc);
         return;
     }
 
-    if (ngx_ahava_pg_start(pc, q) != NGX_OK) {
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
-        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
+    st = stmts[pc->prepared];
+
+    if (!PQsendPrepare(pc->conn, (char *) st->id, st->sql, (int) st->nparams,
+                       NULL)
+        || ngx_ahava_pg_flush(pc) != NGX_OK)
+    {
+        ngx_ahava_pg_connect_failed(pc, PQerrorMessage(pc->conn));
     }
+}
+
+
+/*
+ * Opening a connection failed.  Other connections go on serving the
+ * waiters; only when none is open nor opening are the waiters answered 503
+ * (from a posted event: this may run inside a send).
+ */
+
+static void
+ngx_ahava_pg_connect_failed(ngx_ahava_pg_conn_t *pc, const char *what)
+{
+    ngx_ahava_pg_pool_t  *pool;
+
+    pool = pc->pool;
+
+    ngx_ahava_log_limited(&pool->connect_log, NGX_LOG_ERR, pool->log,
+                          "ahava: postgresql connect failed: %s", what);
+
+    ngx_ahava_pg_close(pc);
+
+    if (pool->exiting) {
+        return;
+    }
+
+    pool->failed = 1;
+    pool->backoff = pool->backoff ? ngx_min(pool->backoff * 2,
+                                            NGX_AHAVA_PG_RETRY_MAX)
+                                  : NGX_AHAVA_PG_RETRY_MIN;
+    pool->connect_after = ngx_current_msec + pool->backoff;
+
+    if (!pool->retry.timer_set) {
+        ngx_add_timer(&pool->retry, pool->backoff);
+    }
+
+    ngx_ahava_pg_check(pool);
 }
 
 
 static ngx_int_t
 ngx_ahava_pg_start(ngx_ahava_pg_conn_t *pc, ngx_ahava_pg_query_t *q)
 {
-    ngx_ahava_main_conf_t  *amcf;
+    ngx_ahava_stmt_t  *st;
 
-    amcf = pc->pool->amcf;
+    st = q->stmt;
 
-    pc->query = q;
-    pc->failed = 0;
-    q->conn = pc;
-
-    if (!PQsendQueryParams(pc->conn, (const char *) q->sql.data,
-                           (int) q->nparams, NULL,
-                           (const char * const *) q->values, NULL, NULL, 0))
+    if (!PQsendQueryPrepared(pc->conn, (char *) st->id, (int) q->nparams,
+                             (const char * const *) q->values, NULL, NULL, 0))
     {
         ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
-                      "ahava: PQsendQueryParams() failed: %s",
+                      "ahava: PQsendQueryPrepared() failed: %s",
                       PQerrorMessage(pc->conn));
-        pc->query = NULL;
-        q->conn = NULL;
         return NGX_ERROR;
     }
 
+    if (ngx_ahava_pg_flush(pc) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    pc->query = q;
+    pc->failed = 0;
     pc->state = NGX_AHAVA_PG_BUSY;
+    q->conn = pc;
+    q->running = 1;
 
     /* statement_timeout ends the query server-side first; this is a guard */
-    ngx_add_timer(pc->c->read, amcf->pg_query_timeout + 1000);
-
-    ngx_ahava_pg_flush(pc);
+    ngx_add_timer(pc->c->read, pc->pool->amcf->pg_query_timeout + 1000);
 
     return NGX_OK;
 }
 
 
-static void
+/* NGX_OK, or NGX_ERROR: the connection is broken, the caller closes it */
+
+static ngx_int_t
 ngx_ahava_pg_flush(ngx_ahava_pg_conn_t *pc)
 {
     int  rc;
@@ -495,12 +611,13 @@ ngx_ahava_pg_flush(ngx_ahava_pg_conn_t *pc)
     if (rc == -1) {
         ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
                       "ahava: PQflush() failed: %s", PQerrorMessage(pc->conn));
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
-        return;
+        return NGX_ERROR;
     }
 
     /* write interest only while libpq has unsent data */
     ngx_ahava_pg_set_events(pc, 1, rc == 1);
+
+    return NGX_OK;
 }
 
 
@@ -513,56 +630,54 @@ ngx_ahava_pg_write_handler(ngx_event_t *ev)
     c = ev->data;
     pc = c->data;
 
-    if (pc->state == NGX_AHAVA_PG_CONNECTING) {
-        if (ev->timedout) {
-            goto timeout;
-        }
+    switch (pc->state) {
 
+    case NGX_AHAVA_PG_CONNECTING:
         ngx_ahava_pg_connect_poll(pc);
         return;
-    }
 
-    if (pc->state == NGX_AHAVA_PG_BUSY) {
-        ngx_ahava_pg_flush(pc);
+    case NGX_AHAVA_PG_PREPARING:
+        if (ngx_ahava_pg_flush(pc) != NGX_OK) {
+            ngx_ahava_pg_connect_failed(pc, "sending failed");
+        }
+
+        return;
+
+    case NGX_AHAVA_PG_BUSY:
+        if (ngx_ahava_pg_flush(pc) != NGX_OK) {
+            ngx_ahava_pg_lost(pc, "sending failed");
+        }
+
+        return;
+
+    default: /* NGX_AHAVA_PG_IDLE */
+        ngx_ahava_pg_set_events(pc, 1, 0);
         return;
     }
-
-    ngx_ahava_pg_set_events(pc, 1, 0);
-    return;
-
-timeout:
-
-    ngx_log_error(NGX_LOG_ERR, pc->pool->log, NGX_ETIMEDOUT,
-                  "ahava: postgresql connect timed out");
-    ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
 }
 
 
 static void
 ngx_ahava_pg_read_handler(ngx_event_t *ev)
 {
+    PGresult             *res;
     ngx_connection_t     *c;
     ngx_ahava_pg_conn_t  *pc;
-    ngx_ahava_pg_pool_t  *pool;
 
     c = ev->data;
     pc = c->data;
-    pool = pc->pool;
 
     if (ev->timedout) {
         ev->timedout = 0;
 
-        if (pc->state == NGX_AHAVA_PG_CONNECTING) {
-            ngx_log_error(NGX_LOG_ERR, pool->log, NGX_ETIMEDOUT,
-                          "ahava: postgresql connect timed out");
-            ngx_ahava_pg_mark_down(pool);
-            ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        if (pc->state == NGX_AHAVA_PG_CONNECTING
+            || pc->state == NGX_AHAVA_PG_PREPARING)
+        {
+            ngx_ahava_pg_connect_failed(pc, "timed out");
             return;
         }
 
-        ngx_log_error(NGX_LOG_ERR, pool->log, NGX_ETIMEDOUT,
-                      "ahava: postgresql query timed out");
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        ngx_ahava_pg_lost(pc, "the query timed out");
         return;
     }
 
@@ -572,27 +687,27 @@ ngx_ahava_pg_read_handler(ngx_event_t *ev)
         ngx_ahava_pg_connect_poll(pc);
         return;
 
+    case NGX_AHAVA_PG_PREPARING:
     case NGX_AHAVA_PG_BUSY:
         ngx_ahava_pg_consume(pc);
         return;
 
     default: /* NGX_AHAVA_PG_IDLE */
 
-        /* input on an idle connection: NOTICE, FATAL or EOF */
-        if (!PQconsumeInput(pc->conn) || PQstatus(pc->conn) == CONNECTION_BAD
-            || PQisBusy(pc->conn) || PQgetResult(pc->conn) != NULL)
+        /* input on an idle connection: a NOTICE, a FATAL or EOF */
+        if (PQconsumeInput(pc->conn) && PQstatus(pc->conn) == CONNECTION_OK
+            && !PQisBusy(pc->conn))
         {
-            ngx_log_error(NGX_LOG_WARN, pool->log, 0,
-                          "ahava: idle postgresql connection closed: %s",
-                          PQerrorMessage(pc->conn));
-            ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+            res = PQgetResult(pc->conn);
 
-            /* the server went away: confirm with a fresh connection */
-            if (!pool->exiting && !pool->retry.timer_set) {
-                ngx_add_timer(&pool->retry, NGX_AHAVA_PG_RETRY_MIN);
+            if (res == NULL) {
+                return;                     /* a notice, already logged */
             }
+
+            PQclear(res);
         }
 
+        ngx_ahava_pg_lost(pc, "the server closed an idle connection");
         return;
     }
 }
@@ -601,74 +716,124 @@ ngx_ahava_pg_read_handler(ngx_event_t *ev)
 static void
 ngx_ahava_pg_consume(ngx_ahava_pg_conn_t *pc)
 {
-    char                  *state;
-    PGresult              *res;
-    ngx_int_t              rc;
-    ExecStatusType         st;
-    ngx_ahava_pg_query_t  *q;
+    SSL             *ssl;
+    PGresult        *res;
+    ExecStatusType   st;
 
-    if (!PQconsumeInput(pc->conn)) {
-        ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
-                      "ahava: postgresql connection lost: %s",
-                      PQerrorMessage(pc->conn));
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+    ssl = PQsslInUse(pc->conn) ? PQsslStruct(pc->conn, "OpenSSL") : NULL;
+
+    for ( ;; ) {
+        if (!PQconsumeInput(pc->conn)) {
+            goto broken;
+        }
+
+        while (!PQisBusy(pc->conn)) {
+
+            res = PQgetResult(pc->conn);
+
+            if (res == NULL) {
+                ngx_ahava_pg_complete(pc);
+                return;
+            }
+
+            st = PQresultStatus(res);
+
+            /* one result per command; an error, once seen, is kept */
+            if (pc->failed) {
+                PQclear(res);
+                continue;
+            }
+
+            if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+                pc->failed = 1;
+            }
+
+            if (pc->result) {
+                PQclear(pc->result);
+            }
+
+            pc->result = res;
+        }
+
+        /* TLS: decrypted bytes may wait in OpenSSL with no socket event */
+        if (ssl == NULL || SSL_pending(ssl) <= 0) {
+            break;
+        }
+    }
+
+    if (PQstatus(pc->conn) != CONNECTION_BAD) {
         return;
     }
 
-    while (!PQisBusy(pc->conn)) {
+broken:
 
-        res = PQgetResult(pc->conn);
-
-        if (res == NULL) {
-            goto done;
-        }
-
-        st = PQresultStatus(res);
-
-        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-            state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-            ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
-                          "ahava: postgresql query failed (%s): %s",
-                          state ? state : "-", PQresultErrorMessage(res));
-            pc->failed = 1;
-        }
-
-        /* keep the last result of the statement for the handler */
-        if (pc->result) {
-            PQclear(pc->result);
-        }
-
-        pc->result = res;
+    if (pc->state == NGX_AHAVA_PG_PREPARING) {
+        ngx_ahava_pg_connect_failed(pc, PQerrorMessage(pc->conn));
+        return;
     }
 
-    /* PQisBusy: the rest of the result has not arrived yet */
+    ngx_ahava_pg_lost(pc, PQerrorMessage(pc->conn));
+}
 
-    if (PQstatus(pc->conn) == CONNECTION_BAD) {
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+
+/* The command's results are all in: the connection is clean again */
+
+static void
+ngx_ahava_pg_complete(ngx_ahava_pg_conn_t *pc)
+{
+    char                  *state;
+    PGresult              *res;
+    ngx_int_t              rc;
+    ngx_ahava_stmt_t     **stmts;
+    ngx_ahava_pg_query_t  *q;
+
+    res = pc->result;
+    pc->result = NULL;
+
+    state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (pc->state == NGX_AHAVA_PG_PREPARING) {
+        if (res == NULL || pc->failed) {
+            stmts = pc->pool->amcf->stmts.elts;
+            ngx_log_error(NGX_LOG_ALERT, pc->pool->log, 0,
+                          "ahava: statement \"%V\" could not be prepared "
+                          "(%s): %s (are the migrations applied?)",
+                          &stmts[pc->prepared]->name, state ? state : "-",
+                          res ? PQresultErrorMessage(res) : "no result");
+            if (res) {
+                PQclear(res);
+            }
+
+            pc->failed = 0;
+            ngx_ahava_pg_connect_failed(pc, "preparing statements failed");
+            return;
+        }
+
+        PQclear(res);
+        pc->prepared++;
+        ngx_ahava_pg_prepare_next(pc);
+        return;
     }
-
-    return;
-
-done:
 
     if (pc->c->read->timer_set) {
         ngx_del_timer(pc->c->read);
     }
 
     q = pc->query;
-    res = pc->result;
     pc->query = NULL;
-    pc->result = NULL;
-
     rc = NGX_OK;
 
     if (res == NULL) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        rc = NGX_ERROR;
 
     } else if (pc->failed) {
-        state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        ngx_log_error(NGX_LOG_ERR, q ? q->log : pc->pool->log, 0,
+                      "ahava: postgresql statement \"%V\" failed (%s): %s",
+                      q ? &q->stmt->name : &(ngx_str_t) ngx_string("-"),
+                      state ? state : "-", PQresultErrorMessage(res));
 
-        /* 57014 statement_timeout, 08xxx connection, 57P0x shutdown */
+        /* 57014 statement_timeout, 08xxx connection, 57P0x shutdown,
+         * 53xxx out of resources */
         if (state && (ngx_strncmp(state, "57", 2) == 0
                       || ngx_strncmp(state, "08", 2) == 0
                       || ngx_strncmp(state, "53", 2) == 0))
@@ -676,18 +841,21 @@ done:
             rc = NGX_HTTP_SERVICE_UNAVAILABLE;
 
         } else {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            rc = NGX_ERROR;
+        }
+
+        /* the prepared statements are gone or stale: start afresh */
+        if (state && (ngx_strcmp(state, "26000") == 0
+                      || ngx_strcmp(state, "0A000") == 0))
+        {
+            pc->discard = 1;
         }
     }
 
-    /* the connection is clean again: serve the next one before the handler */
+    /* the next waiter gets the connection before this owner goes on */
     ngx_ahava_pg_release(pc);
 
     if (q) {
-        if (res && rc != NGX_OK) {
-            q->sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        }
-
         ngx_ahava_pg_finish(q, res, rc);
     }
 
@@ -707,28 +875,30 @@ ngx_ahava_pg_release(ngx_ahava_pg_conn_t *pc)
 
     pool = pc->pool;
 
-    if (PQstatus(pc->conn) != CONNECTION_OK
-        || PQtransactionStatus(pc->conn) != PQTRANS_IDLE
-        || pool->exiting)
+    if (pc->discard || pool->exiting
+        || PQstatus(pc->conn) != CONNECTION_OK
+        || PQtransactionStatus(pc->conn) != PQTRANS_IDLE)
     {
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
+        ngx_ahava_pg_lost(pc, "not reusable");
         return;
     }
 
     pc->state = NGX_AHAVA_PG_IDLE;
     ngx_ahava_pg_set_events(pc, 1, 0);
 
-    q = ngx_ahava_pg_next_waiter(pool);
+    while ((q = ngx_ahava_pg_next_waiter(pool)) != NULL) {
 
-    if (q) {
         if (ngx_ahava_pg_start(pc, q) == NGX_OK) {
             return;
         }
 
-        pc->query = NULL;
-        q->conn = NULL;
-        ngx_ahava_pg_close(pc, NGX_HTTP_SERVICE_UNAVAILABLE);
-        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
+        /* the connection broke: the waiter keeps its place for another */
+        ngx_queue_insert_head(&pool->waiters, &q->queue);
+        pool->nwaiters++;
+        q->waiting = 1;
+        ngx_add_timer(&q->wait_timer, pool->amcf->pg_wait_timeout);
+
+        ngx_ahava_pg_lost(pc, "sending failed");
         return;
     }
 
@@ -737,22 +907,28 @@ ngx_ahava_pg_release(ngx_ahava_pg_conn_t *pc)
 }
 
 
+/* Closes the connection; an attached query is the caller's to finish */
+
 static void
-ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc, ngx_int_t rc)
+ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc)
 {
-    ngx_connection_t      *c;
-    ngx_ahava_pg_pool_t   *pool;
-    ngx_ahava_pg_query_t  *q;
+    ngx_ahava_pg_pool_t  *pool;
 
     pool = pc->pool;
-    c = pc->c;
-    q = pc->query;
 
     ngx_queue_remove(&pc->queue);
     pool->nconns--;
 
+    if (pc->state == NGX_AHAVA_PG_CONNECTING
+        || pc->state == NGX_AHAVA_PG_PREPARING)
+    {
+        pool->nopening--;
+    }
+
     /* PQfinish() closes the socket, not nginx */
-    ngx_ahava_forget_connection(c);
+    if (pc->c) {
+        ngx_ahava_forget_connection(pc->c);
+    }
 
     if (pc->result) {
         PQclear(pc->result);
@@ -760,88 +936,65 @@ ngx_ahava_pg_close(ngx_ahava_pg_conn_t *pc, ngx_int_t rc)
 
     PQfinish(pc->conn);
     ngx_free(pc);
-
-    if (q) {
-        q->conn = NULL;
-        ngx_ahava_pg_finish(q, NULL, rc);
-    }
-
-    /* waiters must not starve when a connection dies under them */
-    if (!pool->exiting && !pool->down) {
-        ngx_ahava_pg_serve_waiter(pool);
-    }
-}
-
-
-static void
-ngx_ahava_pg_serve_waiter(ngx_ahava_pg_pool_t *pool)
-{
-    ngx_ahava_pg_conn_t   *pc;
-    ngx_ahava_pg_query_t  *q;
-
-    if (ngx_queue_empty(&pool->waiters)
-        || pool->nconns >= pool->amcf->pg_pool_size)
-    {
-        return;
-    }
-
-    q = ngx_ahava_pg_next_waiter(pool);
-
-    pc = ngx_ahava_pg_connect(pool);
-    if (pc == NULL) {
-        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
-        ngx_ahava_pg_mark_down(pool);
-        return;
-    }
-
-    pc->query = q;
-    q->conn = pc;
 }
 
 
 /*
- * Runs the query's handler (if its request is still there) and finalizes
- * the request unless the handler went asynchronous again.
+ * A connection in use broke (or its query timed out): its query, if its
+ * owner still waits, is answered 503; the waiters go to other connections
+ * or a new one.
  */
+
+static void
+ngx_ahava_pg_lost(ngx_ahava_pg_conn_t *pc, const char *why)
+{
+    ngx_ahava_pg_pool_t   *pool;
+    ngx_ahava_pg_query_t  *q;
+
+    pool = pc->pool;
+    q = pc->query;
+
+    if (!pool->exiting) {
+        ngx_ahava_log_limited(&pool->connect_log, NGX_LOG_WARN, pool->log,
+                              "ahava: postgresql connection closed: %s",
+                              why);
+    }
+
+    pc->query = NULL;
+    ngx_ahava_pg_close(pc);
+
+    if (pool->exiting) {
+        return;
+    }
+
+    /* a server that went away: find out with a fresh connection */
+    if (pool->nconns == 0 && !pool->retry.timer_set) {
+        ngx_add_timer(&pool->retry, NGX_AHAVA_PG_RETRY_MIN);
+    }
+
+    if (q) {
+        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
+    }
+
+    ngx_ahava_pg_grow(pool);
+}
+
 
 static void
 ngx_ahava_pg_finish(ngx_ahava_pg_query_t *q, PGresult *res, ngx_int_t rc)
 {
-    ngx_int_t            hrc;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    if (q->done) {
-        return;
-    }
-
-    q->done = 1;
     q->conn = NULL;
+    q->running = 0;
     q->rc = rc;
     q->result = res;
+    q->sqlstate = (res && rc != NGX_OK)
+                  ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
-    r = q->request;
+    q->done(q);
 
-    if (r == NULL) {
-        /* a background query: its failure was logged where it happened */
-        ngx_destroy_pool(q->own_pool);
-        return;
-    }
-
-    c = r->connection;
-
-    ngx_http_set_log_request(c->log, r);
-
-    hrc = q->handler(r, q);
-
-    /* the result belongs to the connection; never keep it past here */
+    /* the result belongs to the pool; never kept past done */
     q->result = NULL;
-
-    if (hrc != NGX_AGAIN) {
-        ngx_http_finalize_request(r, hrc);
-    }
-
-    ngx_http_run_posted_requests(c);
+    q->sqlstate = NULL;
 }
 
 
@@ -871,32 +1024,68 @@ ngx_ahava_pg_set_events(ngx_ahava_pg_conn_t *pc, ngx_uint_t read,
 }
 
 
+/* One more connection per waiter with none coming, within the bounds */
+
 static void
-ngx_ahava_pg_mark_down(ngx_ahava_pg_pool_t *pool)
+ngx_ahava_pg_grow(ngx_ahava_pg_pool_t *pool)
 {
-    if (pool->exiting) {
-        return;
+    while (pool->nwaiters > pool->nopening
+           && pool->nconns < pool->amcf->pg_pool_size
+           && !pool->exiting
+           && (ngx_msec_int_t) (ngx_current_msec - pool->connect_after) >= 0)
+    {
+        if (ngx_ahava_pg_connect(pool) != NGX_OK) {
+            pool->failed = 1;
+            pool->backoff = pool->backoff ? ngx_min(pool->backoff * 2,
+                                                    NGX_AHAVA_PG_RETRY_MAX)
+                                          : NGX_AHAVA_PG_RETRY_MIN;
+            pool->connect_after = ngx_current_msec + pool->backoff;
+
+            if (!pool->retry.timer_set) {
+                ngx_add_timer(&pool->retry, pool->backoff);
+            }
+
+            ngx_ahava_pg_check(pool);
+            return;
+        }
     }
 
-    if (!pool->down) {
-        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
-                      "ahava: postgresql is down, answering 503 until a "
-                      "connection succeeds");
+    /* waiting for the back-off to pass: the retry timer grows then */
+    if (pool->nwaiters > pool->nopening
+        && pool->nconns < pool->amcf->pg_pool_size
+        && !pool->retry.timer_set && !pool->exiting)
+    {
+        ngx_add_timer(&pool->retry,
+                      ngx_max(pool->connect_after - ngx_current_msec, 1));
+    }
+}
+
+
+/* No connection open nor opening: nobody can serve the waiters */
+
+static void
+ngx_ahava_pg_check(ngx_ahava_pg_pool_t *pool)
+{
+    if (pool->nconns == 0 && pool->nwaiters && !pool->fail.posted) {
+        ngx_post_event(&pool->fail, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_ahava_pg_fail_handler(ngx_event_t *ev)
+{
+    ngx_ahava_pg_pool_t   *pool;
+    ngx_ahava_pg_query_t  *q;
+
+    pool = ev->data;
+
+    if (pool->nconns) {
+        return;                     /* one came meanwhile */
     }
 
-    pool->down = 1;
-
-    ngx_ahava_pg_fail_waiters(pool);
-
-    if (pool->backoff == 0) {
-        pool->backoff = NGX_AHAVA_PG_RETRY_MIN;
-
-    } else {
-        pool->backoff = ngx_min(pool->backoff * 2, NGX_AHAVA_PG_RETRY_MAX);
-    }
-
-    if (!pool->retry.timer_set) {
-        ngx_add_timer(&pool->retry, pool->backoff);
+    while ((q = ngx_ahava_pg_next_waiter(pool)) != NULL) {
+        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
     }
 }
 
@@ -912,13 +1101,21 @@ ngx_ahava_pg_retry_handler(ngx_event_t *ev)
         return;
     }
 
-    /* a connection in progress decides for itself */
-    if (pool->nconns >= pool->amcf->pg_pool_size) {
+    if (pool->nwaiters) {
+        ngx_ahava_pg_grow(pool);
         return;
     }
 
-    if (ngx_ahava_pg_connect(pool) == NULL) {
-        ngx_ahava_pg_mark_down(pool);
+    /* nothing open: keep trying, so health and recovery are known */
+    if (pool->nconns == 0) {
+        if (ngx_ahava_pg_connect(pool) != NGX_OK) {
+            pool->failed = 1;
+            pool->backoff = pool->backoff ? ngx_min(pool->backoff * 2,
+                                                    NGX_AHAVA_PG_RETRY_MAX)
+                                          : NGX_AHAVA_PG_RETRY_MIN;
+            pool->connect_after = ngx_current_msec + pool->backoff;
+            ngx_add_timer(&pool->retry, pool->backoff);
+        }
     }
 }
 
@@ -930,8 +1127,9 @@ ngx_ahava_pg_wait_timeout_handler(ngx_event_t *ev)
 
     q = ev->data;
 
-    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                  "ahava: waited too long for a postgresql connection");
+    ngx_ahava_log_limited(&q->pool->refuse_log, NGX_LOG_WARN, ev->log,
+                          "ahava: waited too long for a postgresql "
+                          "connection, answering 503");
 
     ngx_ahava_pg_unwait(q);
     ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
@@ -969,152 +1167,10 @@ ngx_ahava_pg_unwait(ngx_ahava_pg_query_t *q)
 
 
 static void
-ngx_ahava_pg_fail_waiters(ngx_ahava_pg_pool_t *pool)
-{
-    ngx_ahava_pg_query_t  *q;
-
-    while ((q = ngx_ahava_pg_next_waiter(pool)) != NULL) {
-
-        if (pool->exiting) {
-            q->done = 1;
-            continue;
-        }
-
-        ngx_ahava_pg_finish(q, NULL, NGX_HTTP_SERVICE_UNAVAILABLE);
-    }
-}
-
-
-/*
- * The request is going away (client abort, timeout, normal end).  A waiter
- * leaves the queue; a running query is detached so its connection drains
- * the result and returns to the pool (statement_timeout bounds how long).
- */
-
-static void
-ngx_ahava_pg_cleanup(void *data)
-{
-    ngx_ahava_pg_query_t  *q = data;
-
-    ngx_ahava_pg_conn_t  *pc;
-
-    if (q->done) {
-        return;
-    }
-
-    q->done = 1;
-
-    if (q->waiting) {
-        ngx_ahava_pg_unwait(q);
-        return;
-    }
-
-    pc = q->conn;
-
-    if (pc) {
-        pc->query = NULL;
-        q->conn = NULL;
-    }
-}
-
-
-static void
 ngx_ahava_pg_notice(void *arg, const char *message)
 {
     ngx_ahava_pg_pool_t  *pool = arg;
 
     ngx_log_error(NGX_LOG_NOTICE, pool->log, 0, "ahava: postgresql: %s",
                   message);
-}
-
-
-/* Shared answers to a failed query */
-
-ngx_int_t
-ngx_ahava_pg_result_error(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
-{
-    if (q->rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        return ngx_ahava_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                    "SERVICE_UNAVAILABLE",
-                                    "Database unavailable, try again later",
-                                    NULL);
-    }
-
-    return ngx_ahava_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR, "INTERNAL",
-                                "Internal server error", NULL);
-}
-
-
-ngx_int_t
-ngx_ahava_pg_str(ngx_http_request_t *r, PGresult *res, int row, int col,
-    ngx_str_t *out)
-{
-    if (PQgetisnull(res, row, col)) {
-        ngx_str_null(out);
-        return NGX_DECLINED;
-    }
-
-    out->len = PQgetlength(res, row, col);
-    out->data = ngx_pnalloc(r->pool, out->len + 1);
-    if (out->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(out->data, PQgetvalue(res, row, col), out->len);
-    out->data[out->len] = '\0';
-
-    return NGX_OK;
-}
-
-
-/* ngx_ahava_pg_send() for a step: NGX_AGAIN, or the error already answered */
-
-ngx_int_t
-ngx_ahava_pg_run(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
-{
-    ngx_int_t  rc;
-
-    rc = ngx_ahava_pg_send(r, q);
-
-    if (rc == NGX_OK) {
-        return NGX_AGAIN;
-    }
-
-    q->rc = rc;
-
-    return ngx_ahava_pg_result_error(r, q);
-}
-
-
-/*
- * The common first look at a mutation's or a scoped read's result: one row
- * whose first column counts what the caller may see.  NGX_OK: go on.
- * NGX_DONE: answered already (failure, or 404 with not_found), *rc holds
- * what the handler returns.
- */
-
-ngx_int_t
-ngx_ahava_pg_visible(ngx_http_request_t *r, ngx_ahava_pg_query_t *q,
-    const char *not_found, ngx_int_t *rc)
-{
-    if (q->rc != NGX_OK) {
-        *rc = ngx_ahava_pg_result_error(r, q);
-        return NGX_DONE;
-    }
-
-    if (PQntuples(q->result) != 1) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ahava: %d rows where one was expected",
-                      PQntuples(q->result));
-        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return NGX_DONE;
-    }
-
-    if (PQgetvalue(q->result, 0, 0)[0] == '0') {
-        *rc = ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                   not_found, NULL);
-        return NGX_DONE;
-    }
-
-    return NGX_OK;
 }

@@ -1,9 +1,12 @@
 
 /*
- * The per-worker asynchronous Redis client: hiredis's async context driven
+ * Asynchronous Redis clients of a worker: hiredis's async context driven
  * by nginx events through an adapter shaped like hiredis's own (libev,
- * libevent) adapters, with reconnection and a liveness PING.  Redis being
- * down never blocks or fails the REST API: callers see NGX_DECLINED.
+ * libevent) adapters, with reconnection and a liveness PING.  A client is
+ * ready only once AUTH and SELECT succeeded; its owner's ready callback
+ * runs then, after every reconnect (a subscriber subscribes again there).
+ * Redis being down never blocks or fails the REST API: callers see
+ * NGX_DECLINED.
  */
 
 
@@ -34,6 +37,9 @@ typedef struct {
 struct ngx_ahava_redis_s {
     ngx_ahava_main_conf_t     *amcf;
     ngx_log_t                 *log;
+    ngx_ahava_redis_ready_pt   ready;
+    void                      *data;
+    ngx_ahava_log_limit_t      error_log;
     redisAsyncContext         *ac;
     ngx_event_t                retry;
     ngx_event_t                ping;
@@ -63,7 +69,8 @@ static void ngx_ahava_redis_reply(redisAsyncContext *ac, void *r, void *data);
 
 
 ngx_ahava_redis_t *
-ngx_ahava_redis_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
+ngx_ahava_redis_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf,
+    ngx_ahava_redis_ready_pt ready, void *data)
 {
     ngx_ahava_redis_t  *redis;
 
@@ -74,6 +81,8 @@ ngx_ahava_redis_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
 
     redis->amcf = amcf;
     redis->log = cycle->log;
+    redis->ready = ready;
+    redis->data = data;
 
     redis->retry.handler = ngx_ahava_redis_retry_handler;
     redis->retry.data = redis;
@@ -138,8 +147,9 @@ ngx_ahava_redis_command(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
     if (redis->ac->c.obuf
         && sdslen(redis->ac->c.obuf) > NGX_AHAVA_REDIS_MAX_OBUF)
     {
-        ngx_log_error(NGX_LOG_WARN, redis->log, 0,
-                      "ahava: redis is not reading, command dropped");
+        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_WARN, redis->log,
+                              "ahava: redis is not reading, command "
+                              "dropped");
         return NGX_DECLINED;
     }
 
@@ -174,9 +184,9 @@ ngx_ahava_redis_connect(ngx_ahava_redis_t *redis)
     }
 
     if (ac->err) {
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                      "ahava: redis connect to %s:%d failed: %s",
-                      host, (int) amcf->redis_port, ac->errstr);
+        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
+                              "ahava: redis connect to %s:%d failed: %s",
+                              host, (int) amcf->redis_port, ac->errstr);
         redisAsyncFree(ac);
         ngx_ahava_redis_schedule(redis);
         return;
@@ -339,18 +349,26 @@ ngx_ahava_redis_cleanup(void *data)
 }
 
 
+/*
+ * Connected: AUTH and SELECT first, then a PING whose answer, coming after
+ * theirs, says the client is ready.  A refused AUTH or SELECT disconnects
+ * and retries with back-off.
+ */
+
 static void
 ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
 {
     ngx_ahava_redis_t          *redis;
     ngx_ahava_main_conf_t      *amcf;
+    redisAsyncContext          *c;
 
     redis = ac->data;
     amcf = redis->amcf;
+    c = (redisAsyncContext *) ac;
 
     if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                      "ahava: redis connect failed: %s", ac->errstr);
+        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
+                              "ahava: redis connect failed: %s", ac->errstr);
         /* hiredis frees the context after this callback */
         redis->ac = NULL;
         redis->connected = 0;
@@ -359,26 +377,17 @@ ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
     }
 
     if (amcf->redis_password.len) {
-        redisAsyncCommand((redisAsyncContext *) ac, ngx_ahava_redis_reply,
-                          (void *) "AUTH", "AUTH %b",
-                          amcf->redis_password.data,
+        redisAsyncCommand(c, ngx_ahava_redis_reply, (void *) "AUTH",
+                          "AUTH %b", amcf->redis_password.data,
                           amcf->redis_password.len);
     }
 
     if (amcf->redis_db > 0) {
-        redisAsyncCommand((redisAsyncContext *) ac, ngx_ahava_redis_reply,
-                          (void *) "SELECT", "SELECT %d", (int) amcf->redis_db);
+        redisAsyncCommand(c, ngx_ahava_redis_reply, (void *) "SELECT",
+                          "SELECT %d", (int) amcf->redis_db);
     }
 
-    ngx_log_error(NGX_LOG_INFO, redis->log, 0, "ahava: redis connected");
-
-    redis->connected = 1;
-    redis->backoff = 0;
-    redis->ping_pending = 0;
-
-    if (!redis->ping.timer_set) {
-        ngx_add_timer(&redis->ping, NGX_AHAVA_REDIS_PING);
-    }
+    redisAsyncCommand(c, ngx_ahava_redis_reply, (void *) "READY", "PING");
 }
 
 
@@ -399,9 +408,9 @@ ngx_ahava_redis_disconnected(const redisAsyncContext *ac, int status)
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                  "ahava: redis disconnected: %s",
-                  status == REDIS_OK ? "by us" : ac->errstr);
+    ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
+                          "ahava: redis disconnected: %s",
+                          status == REDIS_OK ? "by us" : ac->errstr);
 
     /* the context is freed right after this returns: only schedule */
     ngx_ahava_redis_schedule(redis);
@@ -483,13 +492,36 @@ ngx_ahava_redis_reply(redisAsyncContext *ac, void *r, void *data)
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                      "ahava: redis %s failed: %s", (char *) data,
-                      reply->str);
+        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
+                              "ahava: redis %s failed: %s", (char *) data,
+                              reply->str);
 
         if (ngx_strcmp(data, "PING") != 0) {
-            /* bad AUTH or SELECT: report unhealthy rather than misbehave */
+            /* a bad AUTH or SELECT: never serve on this connection */
             redis->connected = 0;
+            redisAsyncDisconnect(ac);
+        }
+
+        return;
+    }
+
+    if (ngx_strcmp(data, "READY") == 0) {
+        if (redis->ac != ac) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, redis->log, 0, "ahava: redis connected");
+
+        redis->connected = 1;
+        redis->backoff = 0;
+        redis->ping_pending = 0;
+
+        if (!redis->ping.timer_set) {
+            ngx_add_timer(&redis->ping, NGX_AHAVA_REDIS_PING);
+        }
+
+        if (redis->ready) {
+            redis->ready(redis, redis->data);
         }
 
         return;

@@ -1,7 +1,7 @@
 
 /*
- * Shared by the visits handlers: the visit's JSON as PostgreSQL builds it,
- * the request state, and the mutations of ngx_ahava_visits_update.c.
+ * Shared by the visits handlers: the statements of the module (their SQL
+ * is in ngx_ahava_visits_sql.c, in one place) and the steps of the routes.
  */
 
 
@@ -12,53 +12,75 @@
 #include "ngx_ahava_core.h"
 
 
-/* the visit as both endpoints show it; v has the booking's patientId */
-#define NGX_AHAVA_VISIT_JSON                                                 \
-    "'id', v.id, 'bookingId', v.\"bookingId\", 'status', v.status, "         \
-    "'patientId', v.\"patientId\", 'nurseId', v.\"nurseId\", "               \
-    "'doctorId', v.\"doctorId\", "                                           \
-    "'scheduledStart', " NGX_AHAVA_TS("v.\"scheduledStart\"") ", "           \
-    "'actualStart', " NGX_AHAVA_TS("v.\"actualStart\"") ", "                 \
-    "'actualEnd', " NGX_AHAVA_TS("v.\"actualEnd\"") ", "                     \
-    "'doctorReview', v.\"doctorReview\", "                                   \
-    "'doctorRating', v.\"doctorRating\", "                                   \
-    "'createdAt', " NGX_AHAVA_TS("v.\"createdAt\"") ", "                     \
-    "'updatedAt', " NGX_AHAVA_TS("v.\"updatedAt\"") ", "                     \
-    "'patient', " NGX_AHAVA_PERSON("v.\"patientId\"") ", "                   \
-    "'nurse', " NGX_AHAVA_PERSON("v.\"nurseId\"") ", "                       \
-    "'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
+/* the sortBy values of GET /api/visits, in the order of the variants */
+#define NGX_AHAVA_VISITS_SORTS      4
 
-#define NGX_AHAVA_VISITS_WITH_PATIENT                                        \
-    "(SELECT v.*, b.\"patientId\" FROM visits v "                            \
-    "JOIN bookings b ON b.id = v.\"bookingId\") v"
+/* the list: a statement per role filter × sortBy × sortOrder */
+#define NGX_AHAVA_VISITS_NLIST                                               \
+    ((NGX_AHAVA_NROLES - 1) * NGX_AHAVA_VISITS_SORTS * 2)
 
 
 typedef enum {
-    NGX_AHAVA_VISITS_LIST = 0,
-    NGX_AHAVA_VISITS_DETAIL,
-    NGX_AHAVA_VISITS_UPDATE
-} ngx_ahava_visits_route_e;
+    NGX_AHAVA_VISIT_DETAIL = 0,
+    NGX_AHAVA_VISIT_STATUS,
+    NGX_AHAVA_VISIT_LOCATION,
+    NGX_AHAVA_VISIT_REPORT,
+    NGX_AHAVA_VISIT_REVIEW,
+    NGX_AHAVA_VISIT_CANCEL,
+    NGX_AHAVA_VISIT_ASSIGN_NURSE,
+    NGX_AHAVA_VISIT_ASSIGN_DOCTOR,
+    NGX_AHAVA_VISITS_NSTMTS
+} ngx_ahava_visits_stmt_e;
 
 
-typedef struct ngx_ahava_visit_action_s  ngx_ahava_visit_action_t;
+/*
+ * The columns of a mutation's result row (the shared shape of every
+ * mutation statement, see NGX_AHAVA_VISIT_MUTATION).
+ */
+typedef enum {
+    NGX_AHAVA_MUT_VISIBLE = 0,      /* 1: the caller may see the visit */
+    NGX_AHAVA_MUT_PERMITTED,        /* t: the caller's role may do it */
+    NGX_AHAVA_MUT_TARGET_OK,        /* t: the assignee is fine */
+    NGX_AHAVA_MUT_VISIT,            /* the visit after, JSON; NULL: 409 */
+    NGX_AHAVA_MUT_REPORT,           /* its nurseReport ciphertext */
+    NGX_AHAVA_MUT_PREVIOUS,         /* the status before */
+    NGX_AHAVA_MUT_PATIENT,          /* participants after, then before */
+    NGX_AHAVA_MUT_NURSE,
+    NGX_AHAVA_MUT_DOCTOR,
+    NGX_AHAVA_MUT_OLD_NURSE,
+    NGX_AHAVA_MUT_OLD_DOCTOR,
+    NGX_AHAVA_MUT_EVENT             /* the event's data, JSON */
+} ngx_ahava_visits_col_e;
 
 
-typedef struct {
-    ngx_ahava_visits_route_e   route;
-    ngx_str_t                  visit_id;
-    ngx_uint_t                 limit;
-    ngx_uint_t                 offset;
-    ngx_ahava_visit_action_t  *action;
-    char                      *visit_id_param;
-} ngx_ahava_visits_ctx_t;
+extern ngx_ahava_stmt_t  ngx_ahava_visits_stmts[];
+extern ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[];
+extern const char       *ngx_ahava_visit_statuses[];
 
+ngx_int_t ngx_ahava_visits_declare(ngx_conf_t *cf);
 
+ngx_ahava_rc_e ngx_ahava_visit_status(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_location(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_report(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_review(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_cancel(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_assign_nurse(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_visit_assign_doctor(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
 
-extern const char *ngx_ahava_visit_statuses[];
-
-ngx_ahava_visit_action_t *ngx_ahava_visit_action(ngx_str_t *name);
-ngx_uint_t ngx_ahava_visit_action_method(ngx_ahava_visit_action_t *action);
-ngx_int_t ngx_ahava_visit_update(ngx_http_request_t *r);
+extern ngx_ahava_field_t  ngx_ahava_visit_status_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_location_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_report_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_review_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_cancel_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_nurse_fields[];
+extern ngx_ahava_field_t  ngx_ahava_visit_doctor_fields[];
 
 
 #endif /* _NGX_AHAVA_VISITS_H_INCLUDED_ */

@@ -1,52 +1,92 @@
 
 /*
- * ngx_ahava_visits_module: /api/visits (SPEC §5).
- *
- *   GET /api/visits        role-filtered, paginated list with total
- *   GET /api/visits/:id    detail: participants, payments, GPS history,
- *                          decrypted nurse report, latest 50 messages
- *
- * Each answer is one SQL statement; PostgreSQL builds the JSON of the rows
- * and we only decrypt what is encrypted at rest.
+ * ngx_ahava_visits_module: /api/visits (SPEC §5).  The routes are the
+ * table below, a row per line of the SPEC; the reads are here, the
+ * mutations in ngx_ahava_visits_update.c, the SQL of both in
+ * ngx_ahava_visits_sql.c.  Each answer is one prepared statement.
  */
 
 
-#include "ngx_ahava_core.h"
 #include "ngx_ahava_visits.h"
 
 
-static ngx_int_t ngx_ahava_visits_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_ahava_visits_step_auth(ngx_http_request_t *r);
-static ngx_int_t ngx_ahava_visits_authorized(ngx_http_request_t *r);
-static ngx_int_t ngx_ahava_visits_list(ngx_http_request_t *r);
-static ngx_int_t ngx_ahava_visits_list_done(ngx_http_request_t *r,
-    ngx_ahava_pg_query_t *q);
-static ngx_int_t ngx_ahava_visits_detail(ngx_http_request_t *r);
-static ngx_int_t ngx_ahava_visits_detail_done(ngx_http_request_t *r,
-    ngx_ahava_pg_query_t *q);
+static ngx_int_t ngx_ahava_visits_postconfiguration(ngx_conf_t *cf);
+static ngx_ahava_rc_e ngx_ahava_visits_list(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+static ngx_ahava_rc_e ngx_ahava_visits_listed(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+static ngx_ahava_rc_e ngx_ahava_visit_detail(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+static ngx_ahava_rc_e ngx_ahava_visit_detailed(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
 
 
-/* who sees which visits: $1 is the caller's id */
-static const char *ngx_ahava_visits_filter[] = {
-    "FALSE AND $1::text IS NULL",                       /* no role */
-    "v.\"patientId\" = $1",                             /* PATIENT */
-    "v.\"nurseId\" = $1",                               /* NURSE */
-    "v.\"doctorId\" = $1",                              /* DOCTOR */
-    "$1::text IS NOT NULL"                              /* ADMIN */
-};
-
-
-const char *ngx_ahava_visit_statuses[] = {
+const char  *ngx_ahava_visit_statuses[] = {
     "SCHEDULED", "EN_ROUTE", "ARRIVED", "IN_PROGRESS", "COMPLETED",
     "CANCELLED", NULL
 };
 
-static const char *ngx_ahava_visits_sort_by[] = {
+static const char  *ngx_ahava_visits_sort_by[] = {
     "createdAt", "scheduledStart", "updatedAt", "status", NULL
 };
 
-static const char *ngx_ahava_visits_sort_order[] = {
+static const char  *ngx_ahava_visits_sort_order[] = {
     "desc", "asc", NULL
+};
+
+
+/* GET /api/visits: its query arguments, in ctx->args in this order */
+enum {
+    NGX_AHAVA_ARG_LIMIT = 0,
+    NGX_AHAVA_ARG_OFFSET,
+    NGX_AHAVA_ARG_STATUS,
+    NGX_AHAVA_ARG_SORT_BY,
+    NGX_AHAVA_ARG_SORT_ORDER
+};
+
+static ngx_ahava_arg_t  ngx_ahava_visits_list_args[] = {
+    { "limit", NGX_AHAVA_ARG_UINT, 20, 1, 100, NULL },
+    { "offset", NGX_AHAVA_ARG_UINT, 0, 0, 100000000, NULL },
+    { "status", NGX_AHAVA_ARG_ENUM, -1, 0, 0, ngx_ahava_visit_statuses },
+    { "sortBy", NGX_AHAVA_ARG_ENUM, 0, 0, 0, ngx_ahava_visits_sort_by },
+    { "sortOrder", NGX_AHAVA_ARG_ENUM, 0, 0, 0, ngx_ahava_visits_sort_order },
+    { NULL, 0, 0, 0, 0, NULL }
+};
+
+
+/* SPEC §5, row by row */
+
+static ngx_ahava_route_t  ngx_ahava_visits_routes[] = {
+
+    { NGX_HTTP_GET, "/api/visits", ngx_ahava_visits_list_args, NULL,
+      ngx_ahava_visits_list, NULL, 0 },
+
+    { NGX_HTTP_GET, "/api/visits/:", NULL, NULL,
+      ngx_ahava_visit_detail, NULL, 0 },
+
+    { NGX_HTTP_PATCH, "/api/visits/:/status", NULL,
+      ngx_ahava_visit_status_fields, ngx_ahava_visit_status, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/location", NULL,
+      ngx_ahava_visit_location_fields, ngx_ahava_visit_location, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/nurse-report", NULL,
+      ngx_ahava_visit_report_fields, ngx_ahava_visit_report, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/doctor-review", NULL,
+      ngx_ahava_visit_review_fields, ngx_ahava_visit_review, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/cancel", NULL,
+      ngx_ahava_visit_cancel_fields, ngx_ahava_visit_cancel, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/assign-nurse", NULL,
+      ngx_ahava_visit_nurse_fields, ngx_ahava_visit_assign_nurse, NULL, 0 },
+
+    { NGX_HTTP_POST, "/api/visits/:/assign-doctor", NULL,
+      ngx_ahava_visit_doctor_fields, ngx_ahava_visit_assign_doctor, NULL,
+      0 },
+
+    { 0, NULL, NULL, NULL, NULL, NULL, 0 }
 };
 
 
@@ -54,10 +94,10 @@ static ngx_command_t  ngx_ahava_visits_commands[] = {
 
     { ngx_string("ahava_visits"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_ahava_conf_set_handler,
+      ngx_ahava_conf_set_routes,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      (void *) ngx_ahava_visits_handler },
+      ngx_ahava_visits_routes },
 
       ngx_null_command
 };
@@ -65,7 +105,7 @@ static ngx_command_t  ngx_ahava_visits_commands[] = {
 
 static ngx_http_module_t  ngx_ahava_visits_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_ahava_visits_postconfiguration,    /* postconfiguration */
 
     NULL,                                  /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -94,376 +134,191 @@ ngx_module_t  ngx_ahava_visits_module = {
 };
 
 
-/* Routing: the path after /api/visits */
-
 static ngx_int_t
-ngx_ahava_visits_handler(ngx_http_request_t *r)
+ngx_ahava_visits_postconfiguration(ngx_conf_t *cf)
 {
-    u_char                  *p, *last, *slash;
-    ngx_int_t                rc;
-    ngx_str_t                action;
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_visits_ctx_t  *vctx;
-
-    static ngx_str_t  prefix = ngx_string("/api/visits");
-
-    if (r->uri.len < prefix.len
-        || ngx_strncmp(r->uri.data, prefix.data, prefix.len) != 0)
-    {
-        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
-    }
-
-    ctx = ngx_ahava_get_ctx(r);
-    vctx = ngx_pcalloc(r->pool, sizeof(ngx_ahava_visits_ctx_t));
-    if (ctx == NULL || vctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->data = vctx;
-
-    p = r->uri.data + prefix.len;
-    last = r->uri.data + r->uri.len;
-
-    if (p < last && *p != '/') {
-        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
-    }
-
-    if (p < last) {
-        p++;
-    }
-
-    if (p < last && last[-1] == '/') {
-        last--;
-    }
-
-    if (p == last) {
-        vctx->route = NGX_AHAVA_VISITS_LIST;
-
-    } else {
-        slash = ngx_strlchr(p, last, '/');
-
-        vctx->visit_id.data = p;
-        vctx->visit_id.len = (slash ? slash : last) - p;
-
-        if (ngx_ahava_valid_id(vctx->visit_id.data, vctx->visit_id.len)
-            != NGX_OK)
-        {
-            /* a malformed id names nothing (SPEC §4) */
-            return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
-        }
-
-        vctx->route = NGX_AHAVA_VISITS_DETAIL;
-
-        if (slash) {
-            action.data = slash + 1;
-            action.len = last - action.data;
-
-            vctx->action = ngx_ahava_visit_action(&action);
-            if (vctx->action == NULL) {
-                return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_FOUND);
-            }
-
-            vctx->route = NGX_AHAVA_VISITS_UPDATE;
-        }
-    }
-
-    if (vctx->route == NGX_AHAVA_VISITS_UPDATE) {
-        if (!(r->method & ngx_ahava_visit_action_method(vctx->action))) {
-            return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_ALLOWED);
-        }
-
-        return ngx_ahava_read_json_body(r, ngx_ahava_visits_step_auth);
-    }
-
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return ngx_ahava_send_status_error(r, NGX_HTTP_NOT_ALLOWED);
-    }
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    return ngx_ahava_content(r, ngx_ahava_visits_step_auth);
+    return ngx_ahava_visits_declare(cf);
 }
 
 
-static ngx_int_t
-ngx_ahava_visits_step_auth(ngx_http_request_t *r)
+/* GET /api/visits: role-filtered, paginated, with the exact total */
+
+static ngx_ahava_rc_e
+ngx_ahava_visits_list(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    return ngx_ahava_authenticate(r, ngx_ahava_visits_authorized);
-}
+    ngx_int_t              status;
+    ngx_uint_t             i;
+    ngx_ahava_pg_query_t  *q;
 
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: visits list");
 
-static ngx_int_t
-ngx_ahava_visits_authorized(ngx_http_request_t *r)
-{
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_visits_ctx_t  *vctx;
+    /* the variant of the caller's role, sortBy and sortOrder */
+    i = ((ctx->user.role - 1) * NGX_AHAVA_VISITS_SORTS
+         + ctx->args[NGX_AHAVA_ARG_SORT_BY]) * 2
+        + (ctx->args[NGX_AHAVA_ARG_SORT_ORDER] == 0);
 
-    ctx = ngx_ahava_get_ctx(r);
-    vctx = ctx->data;
-
-    switch (vctx->route) {
-
-    case NGX_AHAVA_VISITS_LIST:
-        return ngx_ahava_visits_list(r);
-
-    case NGX_AHAVA_VISITS_DETAIL:
-        return ngx_ahava_visits_detail(r);
-
-    default: /* NGX_AHAVA_VISITS_UPDATE */
-        return ngx_ahava_visit_update(r);
-    }
-}
-
-
-static ngx_int_t
-ngx_ahava_visits_list(ngx_http_request_t *r)
-{
-    u_char                  *sql, *last;
-    json_t                  *details;
-    ngx_int_t                status, sort_by, sort_order;
-    ngx_uint_t               limit, offset, bad;
-    const char              *dir;
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_pg_query_t    *q;
-    ngx_ahava_visits_ctx_t  *vctx;
-
-    static const char *sort_column[] = {
-        "\"createdAt\"", "\"scheduledStart\"", "\"updatedAt\"", "status"
-    };
-
-    ctx = ngx_ahava_get_ctx(r);
-
-    details = json_array();
-    if (details == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    bad = 0;
-    bad |= ngx_ahava_arg_uint(r, "limit", 20, 1, 100, &limit, details);
-    bad |= ngx_ahava_arg_uint(r, "offset", 0, 0, 100000000, &offset, details);
-    bad |= ngx_ahava_arg_enum(r, "status", ngx_ahava_visit_statuses, -1,
-                              &status, details);
-    bad |= ngx_ahava_arg_enum(r, "sortBy", ngx_ahava_visits_sort_by, 0,
-                              &sort_by, details);
-    bad |= ngx_ahava_arg_enum(r, "sortOrder", ngx_ahava_visits_sort_order, 0,
-                              &sort_order, details);
-
-    if (bad) {
-        return ngx_ahava_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                    "VALIDATION_ERROR",
-                                    "Invalid query parameters", details);
-    }
-
-    json_decref(details);
-
-    sql = ngx_pnalloc(r->pool, 4096);
-    if (sql == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    dir = sort_order ? "ASC" : "DESC";
-
-    /* only whitelisted fragments go into the text; values are bound */
-    last = ngx_snprintf(sql, 4095,
-        "WITH f AS (SELECT v.* FROM " NGX_AHAVA_VISITS_WITH_PATIENT
-        " WHERE %s AND ($2::text IS NULL OR v.status = $2::\"VisitStatus\"))"
-        " SELECT (SELECT count(*) FROM f),"
-        " (SELECT coalesce(json_agg(json_build_object(" NGX_AHAVA_VISIT_JSON
-        ") ORDER BY v.%s %s, v.id %s), '[]'::json) FROM"
-        " (SELECT * FROM f ORDER BY f.%s %s, f.id %s"
-        " LIMIT $3::int OFFSET $4::int) v)",
-        ngx_ahava_visits_filter[ctx->user.role],
-        sort_column[sort_by], dir, dir, sort_column[sort_by], dir, dir);
-    *last = '\0';
-
-    q = ngx_ahava_pg_query(r, (char *) sql, ngx_ahava_visits_list_done);
+    q = ngx_ahava_query_create(r, &ngx_ahava_visits_list_stmts[i]);
     if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
-    q->nparams = 4;
-    q->values[0] = ngx_ahava_user_param(r);
+    status = ctx->args[NGX_AHAVA_ARG_STATUS];
+
+    q->values[0] = (char *) ctx->user.id;
     q->values[1] = (status >= 0) ? (char *) ngx_ahava_visit_statuses[status]
                                  : NULL;
-    q->values[2] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
-    q->values[3] = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
-    if (q->values[0] == NULL || q->values[2] == NULL || q->values[3] == NULL)
+    if (ngx_ahava_param_uint(r, q, 2, ctx->args[NGX_AHAVA_ARG_LIMIT])
+        != NGX_OK
+        || ngx_ahava_param_uint(r, q, 3, ctx->args[NGX_AHAVA_ARG_OFFSET])
+           != NGX_OK)
     {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
-    ngx_sprintf((u_char *) q->values[2], "%ui%Z", limit);
-    ngx_sprintf((u_char *) q->values[3], "%ui%Z", offset);
-
-    vctx = ctx->data;
-    vctx->limit = limit;
-    vctx->offset = offset;
-
-    return ngx_ahava_pg_run(r, q);
+    return ngx_ahava_query(r, ctx, q, ngx_ahava_visits_listed);
 }
 
 
-static ngx_int_t
-ngx_ahava_visits_list_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+static ngx_ahava_rc_e
+ngx_ahava_visits_listed(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    u_char                  *p;
-    size_t                   len;
-    ngx_str_t                body, total, items;
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_visits_ctx_t  *vctx;
+    u_char    *body, *p;
+    size_t     len;
+    PGresult  *res;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: visits listed");
+
+    if (ctx->query->rc != NGX_OK) {
+        return ngx_ahava_query_failed(r, ctx);
     }
 
-    if (PQntuples(q->result) != 1
-        || ngx_ahava_pg_str(r, q->result, 0, 0, &total) != NGX_OK
-        || ngx_ahava_pg_str(r, q->result, 0, 1, &items) != NGX_OK)
-    {
+    res = ctx->query->result;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 1)) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ahava: unexpected visits list result");
-        return ngx_ahava_send_status_error(r,
-                                           NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return ngx_ahava_fail(r, ctx);
     }
 
-    ctx = ngx_ahava_get_ctx(r);
-    vctx = ctx->data;
-
-    /* PostgreSQL wrote the items' JSON: splice it into the envelope */
+    /* PostgreSQL wrote the items' JSON: spliced into the envelope */
     len = sizeof("{\"success\":true,\"data\":,\"meta\":{\"limit\":,"
                  "\"offset\":,\"total\":}}") - 1
-          + items.len + 2 * NGX_INT_T_LEN + total.len;
+          + PQgetlength(res, 0, 1) + 2 * NGX_INT_T_LEN
+          + PQgetlength(res, 0, 0);
 
-    body.data = ngx_pnalloc(r->pool, len);
-    if (body.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return ngx_ahava_fail(r, ctx);
     }
 
-    p = ngx_sprintf(body.data,
-                    "{\"success\":true,\"data\":%V,\"meta\":{\"limit\":%ui,"
-                    "\"offset\":%ui,\"total\":%V}}",
-                    &items, vctx->limit, vctx->offset, &total);
-    body.len = p - body.data;
+    p = ngx_cpymem(body, "{\"success\":true,\"data\":",
+                   sizeof("{\"success\":true,\"data\":") - 1);
+    p = ngx_ahava_pg_copy(p, res, 0, 1);
+    p = ngx_sprintf(p, ",\"meta\":{\"limit\":%i,\"offset\":%i,\"total\":",
+                    ctx->args[NGX_AHAVA_ARG_LIMIT],
+                    ctx->args[NGX_AHAVA_ARG_OFFSET]);
+    p = ngx_ahava_pg_copy(p, res, 0, 0);
+    *p++ = '}';
+    *p++ = '}';
 
-    return ngx_ahava_send_raw(r, NGX_HTTP_OK, &body);
+    return ngx_ahava_answer_text(r, ctx, NGX_HTTP_OK, body, p - body);
 }
 
 
-static ngx_int_t
-ngx_ahava_visits_detail(ngx_http_request_t *r)
+/* GET /api/visits/:id: participants and admins; anyone else 404 */
+
+static ngx_ahava_rc_e
+ngx_ahava_visit_detail(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    u_char                  *sql, *last;
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_pg_query_t    *q;
-    ngx_ahava_visits_ctx_t  *vctx;
+    ngx_ahava_pg_query_t  *q;
 
-    ctx = ngx_ahava_get_ctx(r);
-    vctx = ctx->data;
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: visit detail");
 
-    sql = ngx_pnalloc(r->pool, 4096);
-    if (sql == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    last = ngx_snprintf(sql, 4095,
-        "SELECT json_build_object(" NGX_AHAVA_VISIT_JSON ","
-        " 'gpsCoordinates', coalesce(v.\"gpsCoordinates\", '[]'::jsonb),"
-        " 'payments', (SELECT coalesce(json_agg(json_build_object("
-        "'id', p.id, 'amountInCents', p.\"amountInCents\","
-        " 'currency', p.currency, 'status', p.status,"
-        " 'paystackReference', p.\"paystackReference\","
-        " 'createdAt', " NGX_AHAVA_TS("p.\"createdAt\"") ","
-        " 'updatedAt', " NGX_AHAVA_TS("p.\"updatedAt\"") ")"
-        " ORDER BY p.\"createdAt\", p.id), '[]'::json)"
-        " FROM payments p WHERE p.\"visitId\" = v.id)),"
-        " v.\"nurseReport\","
-        " (SELECT coalesce(json_agg(json_build_object("
-        NGX_AHAVA_MESSAGE_JSON ")"
-        " ORDER BY m.\"createdAt\", m.id), '[]'::json)"
-        " FROM (SELECT * FROM messages WHERE \"visitId\" = v.id"
-        " ORDER BY \"createdAt\" DESC, id DESC LIMIT 50) m)"
-        " FROM " NGX_AHAVA_VISITS_WITH_PATIENT
-        " WHERE v.id = $2 AND %s",
-        ngx_ahava_visits_filter[ctx->user.role]);
-    *last = '\0';
-
-    q = ngx_ahava_pg_query(r, (char *) sql, ngx_ahava_visits_detail_done);
+    q = ngx_ahava_query_create(r,
+                               &ngx_ahava_visits_stmts[NGX_AHAVA_VISIT_DETAIL]);
     if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_ahava_fail(r, ctx);
     }
 
-    q->nparams = 2;
-    q->values[0] = ngx_ahava_user_param(r);
-    q->values[1] = ngx_pnalloc(r->pool, vctx->visit_id.len + 1);
+    q->values[0] = (char *) ctx->ids[0].data;
+    q->values[1] = (char *) ctx->user.id;
+    q->values[2] = (ctx->user.role == NGX_AHAVA_ROLE_ADMIN) ? "t" : "f";
 
-    if (q->values[0] == NULL || q->values[1] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_cpystrn((u_char *) q->values[1], vctx->visit_id.data,
-                vctx->visit_id.len + 1);
-
-    return ngx_ahava_pg_run(r, q);
+    return ngx_ahava_query(r, ctx, q, ngx_ahava_visit_detailed);
 }
 
 
-static ngx_int_t
-ngx_ahava_visits_detail_done(ngx_http_request_t *r, ngx_ahava_pg_query_t *q)
+/*
+ * Rows: the visit (kind 0) with its nurseReport ciphertext, then its
+ * messages (kind 1) with theirs; decrypted and spliced into one object.
+ */
+
+static ngx_ahava_rc_e
+ngx_ahava_visit_detailed(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    json_t     *visit, *messages, *root;
-    ngx_str_t   text, report;
+    int        row, n;
+    u_char    *body, *p;
+    size_t     len;
+    PGresult  *res;
 
-    if (q->rc != NGX_OK) {
-        return ngx_ahava_pg_result_error(r, q);
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: visit detailed");
+
+    if (ctx->query->rc != NGX_OK) {
+        return ngx_ahava_query_failed(r, ctx);
     }
 
-    if (PQntuples(q->result) == 0) {
+    res = ctx->query->result;
+    n = PQntuples(res);
+
+    if (n == 0) {
         /* absent and not yours look the same (SPEC §3) */
-        return ngx_ahava_send_error(r, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
-                                    "Visit not found", NULL);
+        return ngx_ahava_answer_error(r, ctx, NGX_HTTP_NOT_FOUND, "NOT_FOUND",
+                                      "Visit not found", NULL);
     }
 
-    if (ngx_ahava_pg_str(r, q->result, 0, 0, &text) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    len = sizeof("{\"success\":true,\"data\":,\"messages\":[]}}");
+
+    for (row = 0; row < n; row++) {
+        len += ngx_ahava_splice_size(res, row, 1, 2) + 1;
     }
 
-    visit = ngx_ahava_json_loadn(r, &text);
-    if (visit == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL || PQgetlength(res, 0, 1) < 2) {
+        return ngx_ahava_fail(r, ctx);
     }
 
-    root = NULL;
+    p = ngx_cpymem(body, "{\"success\":true,\"data\":",
+                   sizeof("{\"success\":true,\"data\":") - 1);
 
-    if (ngx_ahava_pg_str(r, q->result, 0, 1, &report) == NGX_ERROR
-        || ngx_ahava_decrypt_field(r, visit, "nurseReport",
-                                   "nurseReportError", &report)
-           == NGX_ERROR
-        || ngx_ahava_pg_str(r, q->result, 0, 2, &text) != NGX_OK)
-    {
-        goto failed;
+    /* the visit's object, open: its report and its messages follow */
+    p = ngx_cpymem(p, PQgetvalue(res, 0, 1), PQgetlength(res, 0, 1) - 1);
+    *p++ = ',';
+
+    p = ngx_ahava_decrypted_field(r, p, res, 0, 2, "nurseReport",
+                                  "nurseReportError");
+    if (p == NULL) {
+        return ngx_ahava_fail(r, ctx);
     }
 
-    messages = ngx_ahava_json_loadn(r, &text);
-    if (messages == NULL) {
-        goto failed;
+    p = ngx_cpymem(p, ",\"messages\":[", sizeof(",\"messages\":[") - 1);
+
+    for (row = 1; row < n; row++) {
+        if (row > 1) {
+            *p++ = ',';
+        }
+
+        p = ngx_ahava_splice(r, p, res, row, 1, 2, "content", "contentError");
+        if (p == NULL) {
+            return ngx_ahava_fail(r, ctx);
+        }
     }
 
-    json_object_set_new(visit, "messages", messages);
+    p = ngx_cpymem(p, "]}}", 3);
 
-    if (ngx_ahava_decrypt_messages(r, messages) != NGX_OK) {
-        goto failed;
-    }
-
-    root = json_pack("{s:b, s:o}", "success", 1, "data", visit);
-
-    return ngx_ahava_send_json(r, NGX_HTTP_OK, root);
-
-failed:
-
-    json_decref(visit);
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    return ngx_ahava_answer_text(r, ctx, NGX_HTTP_OK, body, p - body);
 }

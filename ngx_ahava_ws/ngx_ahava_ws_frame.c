@@ -41,136 +41,6 @@ static const unsigned char  ngx_ahava_ws_b64[] =
 
 
 void
-ngx_ahava_ws_utf8_init(ngx_ahava_ws_utf8_t *u)
-{
-    u->need = 0;
-    u->lo = 0x80;
-    u->hi = 0xbf;
-    u->bad = 0;
-}
-
-
-int
-ngx_ahava_ws_utf8_feed(ngx_ahava_ws_utf8_t *u, const unsigned char *p,
-    size_t n)
-{
-    uint64_t              w;
-    unsigned char         c, need, lo, hi;
-    const unsigned char  *end;
-
-    if (u->bad) {
-        return -1;
-    }
-
-    end = p + n;
-    need = u->need;
-    lo = u->lo;
-    hi = u->hi;
-
-    while (p < end) {
-
-        if (need == 0) {
-
-            /* ASCII runs, the common case of JSON text, 8 bytes a step */
-
-            while (end - p >= 8) {
-                memcpy(&w, p, 8);
-
-                if (w & 0x8080808080808080ULL) {
-                    break;
-                }
-
-                p += 8;
-            }
-
-            if (p == end) {
-                break;
-            }
-        }
-
-        c = *p++;
-
-        if (need) {
-            if (c < lo || c > hi) {
-                goto invalid;
-            }
-
-            need--;
-            lo = 0x80;
-            hi = 0xbf;
-            continue;
-        }
-
-        if (c < 0x80) {
-            continue;
-        }
-
-        /*
-         * The lead byte fixes how many continuation bytes follow and, for
-         * E0, ED, F0 and F4, narrows the range of the first one: that is
-         * what rules out overlongs, surrogates and > U+10FFFF at once.
-         */
-
-        if (c < 0xc2) {
-            goto invalid;       /* a continuation, or overlong C0, C1 */
-        }
-
-        if (c < 0xe0) {
-            need = 1;
-            continue;
-        }
-
-        if (c < 0xf0) {
-            need = 2;
-            lo = (c == 0xe0) ? 0xa0 : 0x80;
-            hi = (c == 0xed) ? 0x9f : 0xbf;
-            continue;
-        }
-
-        if (c < 0xf5) {
-            need = 3;
-            lo = (c == 0xf0) ? 0x90 : 0x80;
-            hi = (c == 0xf4) ? 0x8f : 0xbf;
-            continue;
-        }
-
-        goto invalid;
-    }
-
-    u->need = need;
-    u->lo = lo;
-    u->hi = hi;
-
-    return 0;
-
-invalid:
-
-    u->bad = 1;
-
-    return -1;
-}
-
-
-int
-ngx_ahava_ws_utf8_finished(const ngx_ahava_ws_utf8_t *u)
-{
-    return !u->bad && u->need == 0;
-}
-
-
-int
-ngx_ahava_ws_utf8_valid(const unsigned char *p, size_t n)
-{
-    ngx_ahava_ws_utf8_t  u;
-
-    ngx_ahava_ws_utf8_init(&u);
-
-    return ngx_ahava_ws_utf8_feed(&u, p, n) == 0
-           && ngx_ahava_ws_utf8_finished(&u);
-}
-
-
-void
 ngx_ahava_ws_parser_init(ngx_ahava_ws_parser_t *p, size_t max_frame,
     size_t max_message, unsigned char *msg_buf)
 {
@@ -181,7 +51,7 @@ ngx_ahava_ws_parser_init(ngx_ahava_ws_parser_t *p, size_t max_frame,
     p->msg_buf = msg_buf;
 
     p->state = NGX_AHAVA_WS_ST_HDR0;
-    ngx_ahava_ws_utf8_init(&p->utf8);
+    ngx_ahava_utf8_init(&p->utf8);
 }
 
 
@@ -249,7 +119,7 @@ ngx_ahava_ws_parse(ngx_ahava_ws_parser_t *p, const unsigned char **pos,
 
                 p->msg_opcode = p->opcode;
                 p->msg_len = 0;
-                ngx_ahava_ws_utf8_init(&p->utf8);
+                ngx_ahava_utf8_init(&p->utf8);
                 break;
 
             case NGX_AHAVA_WS_OP_CLOSE:
@@ -399,7 +269,7 @@ ngx_ahava_ws_parse(ngx_ahava_ws_parser_t *p, const unsigned char **pos,
                     p->msg_len += n;
 
                     if (p->msg_opcode == NGX_AHAVA_WS_OP_TEXT
-                        && ngx_ahava_ws_utf8_feed(&p->utf8, d, n) != 0)
+                        && ngx_ahava_utf8_feed(&p->utf8, d, n) != 0)
                     {
                         code = NGX_AHAVA_WS_CLOSE_BAD_DATA;
                         reason = "invalid UTF-8 in a text message";
@@ -512,7 +382,7 @@ ngx_ahava_ws_frame_done(ngx_ahava_ws_parser_t *p, ngx_ahava_ws_event_t *ev,
             return NGX_AHAVA_WS_ERROR;
         }
 
-        if (!ngx_ahava_ws_utf8_valid(p->ctl + 2, len - 2)) {
+        if (!ngx_ahava_utf8_valid(p->ctl + 2, len - 2)) {
             *code = NGX_AHAVA_WS_CLOSE_BAD_DATA;
             *reason = "invalid UTF-8 in a close reason";
             return NGX_AHAVA_WS_ERROR;
@@ -529,7 +399,7 @@ ngx_ahava_ws_frame_done(ngx_ahava_ws_parser_t *p, ngx_ahava_ws_event_t *ev,
     }
 
     if (p->msg_opcode == NGX_AHAVA_WS_OP_TEXT
-        && !ngx_ahava_ws_utf8_finished(&p->utf8))
+        && !ngx_ahava_utf8_finished(&p->utf8))
     {
         *code = NGX_AHAVA_WS_CLOSE_BAD_DATA;
         *reason = "text message ends inside a UTF-8 sequence";

@@ -37,6 +37,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ngx_ahava_utf8.h"
+
 
 #define NGX_AHAVA_WS_OP_CONT          0x0
 #define NGX_AHAVA_WS_OP_TEXT          0x1
@@ -66,32 +68,7 @@
 #define NGX_AHAVA_WS_ERROR            -1
 
 
-/*
- * Incremental UTF-8 validator.  It fails on the first byte that no valid
- * continuation could follow (overlongs, surrogates and code points above
- * U+10FFFF are caught on their second byte), so a peer cannot make us
- * buffer a message that is already known to be invalid.
- */
-
-typedef struct {
-    unsigned char  need;        /* continuation bytes still expected */
-    unsigned char  lo;          /* allowed range of the next one */
-    unsigned char  hi;
-    unsigned char  bad;         /* an invalid byte was seen (sticky) */
-} ngx_ahava_ws_utf8_t;
-
-
-void ngx_ahava_ws_utf8_init(ngx_ahava_ws_utf8_t *u);
-
-/* 0 while the bytes so far can start a valid text, -1 once they cannot */
-int ngx_ahava_ws_utf8_feed(ngx_ahava_ws_utf8_t *u, const unsigned char *p,
-    size_t n);
-
-/* 1 if everything fed is valid and ends on a character boundary, else 0 */
-int ngx_ahava_ws_utf8_finished(const ngx_ahava_ws_utf8_t *u);
-
-/* one-shot form of the three above: 1 if valid, else 0 */
-int ngx_ahava_ws_utf8_valid(const unsigned char *p, size_t n);
+/* text frames and close reasons are validated by ngx_ahava_utf8.h */
 
 
 /*
@@ -149,7 +126,7 @@ typedef struct {
     uint64_t              frame_got;    /* also the mask offset, mod 4 */
     int                   msg_opcode;   /* 0: no data message in progress */
     size_t                msg_len;
-    ngx_ahava_ws_utf8_t   utf8;
+    ngx_ahava_utf8_t   utf8;
     unsigned              err_code;
     const char           *err_reason;
     unsigned char         ctl[NGX_AHAVA_WS_MAX_CONTROL];

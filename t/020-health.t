@@ -50,7 +50,7 @@ is($r->status, 200, 'HEAD /health is 200');
 
 $r = request(POST => '/health', body => '{}',
              headers => { 'Content-Type' => 'application/json' });
-api_error_is($r, 405, 'VALIDATION_ERROR', 'POST /health is a JSON 405');
+api_error_is($r, 405, 'METHOD_NOT_ALLOWED', 'POST /health is a JSON 405');
 
 api_ok(response(GET => '/api/visits', as => 'admin'), 'the API works with Redis up');
 

@@ -191,7 +191,9 @@ for my $by (qw(scheduledStart createdAt updatedAt status)) {
               'doctor: sortBy=scheduledStart asc, limit=2 offset=1');
     is($r->json && $r->json->{meta}{total}, 4, '... total 4');
 }
-api_ok(list('admin', 'foo=bar&limit=2'), 'unknown query arguments are ignored');
+# SPEC §4: an argument the endpoint does not know is a 400 (t/310 has more)
+api_error_is(list('admin', 'foo=bar&limit=2'), 400, 'VALIDATION_ERROR',
+             'an unknown query argument: 400');
 
 # --- validation --------------------------------------------------------------------------
 sub detail_fields {

@@ -7,11 +7,12 @@
 .DEFAULT_GOAL := all
 
 WS        = ../../ngx_ahava_ws
-WS_DEPS   = $(WS)/ngx_ahava_ws_frame.c $(WS)/ngx_ahava_ws_frame.h $(BUILD)/flags
+WS_DEPS   = $(WS)/ngx_ahava_ws_frame.c $(WS)/ngx_ahava_ws_frame.h \
+            $(CORE)/ngx_ahava_utf8.c $(CORE)/ngx_ahava_utf8.h $(BUILD)/flags
 
 UNIT_BINS += $(BUILD)/ws_frame_test
 UNIT_RUNS += ; $(BUILD)/ws_frame_test
 
 $(BUILD)/ws_frame_test: ws_frame_test.c $(WS_DEPS)
 	$(CC) $(ALLFLAGS) -Wno-unused-parameter -I$(WS) -o $@ ws_frame_test.c \
-	    $(WS)/ngx_ahava_ws_frame.c $(LDLIBS)
+	    $(WS)/ngx_ahava_ws_frame.c $(CORE)/ngx_ahava_utf8.c $(LDLIBS)

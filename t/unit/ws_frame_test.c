@@ -568,32 +568,32 @@ utf8_case(const ws_utf8_case_t *c)
     int                   rc, good, first_fail;
     size_t                i;
     const unsigned char  *b;
-    ngx_ahava_ws_utf8_t   u;
+    ngx_ahava_utf8_t   u;
     char                  desc[128], expect[256];
 
     b = (const unsigned char *) c->bytes;
 
-    ngx_ahava_ws_utf8_init(&u);
-    rc = ngx_ahava_ws_utf8_feed(&u, b, c->len);
+    ngx_ahava_utf8_init(&u);
+    rc = ngx_ahava_utf8_feed(&u, b, c->len);
 
     ok(rc == (c->fail_at >= 0 ? -1 : 0)
-       && ngx_ahava_ws_utf8_finished(&u) == c->valid
-       && ngx_ahava_ws_utf8_valid(b, c->len) == c->valid,
+       && ngx_ahava_utf8_finished(&u) == c->valid
+       && ngx_ahava_utf8_valid(b, c->len) == c->valid,
        "utf8 %s: whole", c->name);
 
     good = 1;
 
     for (i = 0; i <= c->len; i++) {
-        ngx_ahava_ws_utf8_init(&u);
+        ngx_ahava_utf8_init(&u);
 
-        rc = ngx_ahava_ws_utf8_feed(&u, b, i);
+        rc = ngx_ahava_utf8_feed(&u, b, i);
 
         if (rc == 0) {
-            rc = ngx_ahava_ws_utf8_feed(&u, b + i, c->len - i);
+            rc = ngx_ahava_utf8_feed(&u, b + i, c->len - i);
         }
 
         if (rc != (c->fail_at >= 0 ? -1 : 0)
-            || ngx_ahava_ws_utf8_finished(&u) != c->valid)
+            || ngx_ahava_utf8_finished(&u) != c->valid)
         {
             good = 0;
         }
@@ -601,11 +601,11 @@ utf8_case(const ws_utf8_case_t *c)
 
     ok(good, "utf8 %s: cut in two at every byte", c->name);
 
-    ngx_ahava_ws_utf8_init(&u);
+    ngx_ahava_utf8_init(&u);
     first_fail = -1;
 
     for (i = 0; i < c->len; i++) {
-        if (ngx_ahava_ws_utf8_feed(&u, b + i, 1) != 0 && first_fail < 0) {
+        if (ngx_ahava_utf8_feed(&u, b + i, 1) != 0 && first_fail < 0) {
             first_fail = (int) i;
         }
     }
@@ -620,9 +620,9 @@ utf8_case(const ws_utf8_case_t *c)
     }
 
     ok(first_fail == c->fail_at
-       && ngx_ahava_ws_utf8_finished(&u) == c->valid
+       && ngx_ahava_utf8_finished(&u) == c->valid
        && (first_fail < 0
-           || ngx_ahava_ws_utf8_feed(&u, (const unsigned char *) "a", 1)
+           || ngx_ahava_utf8_feed(&u, (const unsigned char *) "a", 1)
               == -1),
        "utf8 %s: one byte at a time, %s", c->name, desc);
 
@@ -1441,7 +1441,7 @@ test_encoder(void)
         }
 
         n = ngx_ahava_ws_close_payload(pl, 1000, reason, sizeof(reason));
-        ok(n == 124 && ngx_ahava_ws_utf8_valid(pl + 2, n - 2),
+        ok(n == 124 && ngx_ahava_utf8_valid(pl + 2, n - 2),
            "close payload: 2-byte reason cut on a character boundary");
 
         /* 4-byte characters: 123 = 30 * 4 + 3, keep 120 */
@@ -1451,7 +1451,7 @@ test_encoder(void)
         }
 
         n = ngx_ahava_ws_close_payload(pl, 4000, reason, sizeof(reason));
-        ok(n == 122 && ngx_ahava_ws_utf8_valid(pl + 2, n - 2),
+        ok(n == 122 && ngx_ahava_utf8_valid(pl + 2, n - 2),
            "close payload: 4-byte reason cut on a character boundary");
 
         n = ngx_ahava_ws_close_payload(pl, 4000, reason, 120);
@@ -1569,7 +1569,7 @@ test_utf8_words(void)
     int                  good;
     size_t               i;
     unsigned char        buf[40];
-    ngx_ahava_ws_utf8_t  u;
+    ngx_ahava_utf8_t  u;
 
     good = 1;
 
@@ -1577,10 +1577,10 @@ test_utf8_words(void)
         memset(buf, 'a', sizeof(buf));
         buf[i] = 0xff;
 
-        ngx_ahava_ws_utf8_init(&u);
+        ngx_ahava_utf8_init(&u);
 
-        if (ngx_ahava_ws_utf8_feed(&u, buf, sizeof(buf)) != -1
-            || ngx_ahava_ws_utf8_valid(buf, sizeof(buf)))
+        if (ngx_ahava_utf8_feed(&u, buf, sizeof(buf)) != -1
+            || ngx_ahava_utf8_valid(buf, sizeof(buf)))
         {
             good = 0;
         }
@@ -1595,13 +1595,13 @@ test_utf8_words(void)
         buf[i] = 0xc3;
         buf[i + 1] = 0xa9;
 
-        if (!ngx_ahava_ws_utf8_valid(buf, sizeof(buf))) {
+        if (!ngx_ahava_utf8_valid(buf, sizeof(buf))) {
             good = 0;
         }
 
         buf[i + 1] = 'a';
 
-        if (ngx_ahava_ws_utf8_valid(buf, sizeof(buf))) {
+        if (ngx_ahava_utf8_valid(buf, sizeof(buf))) {
             good = 0;
         }
     }

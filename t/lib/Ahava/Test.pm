@@ -31,6 +31,7 @@ use Ahava::Test::HTTP;
 our @EXPORT = qw(
     setup start_nginx nginx request response token raw_jwt b64url
     psql psql_value lock_table pg_lock_waiters
+    reset_statements statement_calls
     error_log_like error_log_unlike check_error_log
     api_ok api_error_is poll_until done_ahava
     node_encrypt env_value %ID visit_id message_id
@@ -100,10 +101,10 @@ sub setup {
         $ENVV{REDIS_URL} = $REDIS->url;
     }
 
-    if ($ENV{AHAVA_TEST_PG_URL} && !$o{private_pg}) {
+    if ($ENV{AHAVA_TEST_PG_URL} && !$o{private_pg} && !$o{pg_ssl}) {
         $ADMIN_URL = $ENV{AHAVA_TEST_PG_URL};
     } else {
-        $PG = Ahava::Test::Postgres->start;
+        $PG = Ahava::Test::Postgres->start(ssl => $o{pg_ssl});
         $ADMIN_URL = $PG->url('postgres');
     }
 
@@ -125,6 +126,16 @@ sub setup {
     ($rc, $out) = run_capture(["$TOP/bin/ahava-seed", $ENVV{DATABASE_URL}],
                               env => { ENCRYPTION_KEY => $ENVV{ENCRYPTION_KEY} });
     die "ahava-seed failed ($rc):\n$out" if $rc;
+
+    # statement counts, where the server preloads the extension
+    if (psql_value(q{SELECT count(*) FROM pg_available_extensions
+                     WHERE name = 'pg_stat_statements'})
+        && (psql_value('SHOW shared_preload_libraries') // '')
+           =~ /pg_stat_statements/)
+    {
+        psql('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+        $ENVV{_statements} = 1;
+    }
 
     return \%ENVV;
 }
@@ -287,6 +298,28 @@ sub pg_lock_waiters {
     return psql_value(q{SELECT count(*) FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = 'ahava-nginx'
           AND wait_event_type = 'Lock'});
+}
+
+# Statement counts of this database (pg_stat_statements): reset, then the
+# calls of every statement since, but the ones that look at the counts.
+# undef when the server does not preload the extension.
+sub reset_statements {
+    return undef unless $ENVV{_statements};
+    psql('SELECT pg_stat_statements_reset()');
+    return 1;
+}
+
+# statement_calls(like => '%UPDATE%', except => 'audit_logs'): sum of calls
+# (of matching texts, without the ones naming except)
+sub statement_calls {
+    my (%o) = @_;
+    return undef unless $ENVV{_statements};
+    my $like = defined $o{like} ? " AND query ILIKE '$o{like}'" : '';
+    $like .= " AND query NOT ILIKE '%$o{except}%'" if defined $o{except};
+    return psql_value(qq{SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database
+                      WHERE datname = current_database())
+          AND query NOT ILIKE '%pg_stat_statements%'$like});
 }
 
 # --- assertions ----------------------------------------------------------

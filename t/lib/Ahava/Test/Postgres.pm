@@ -6,6 +6,10 @@ package Ahava::Test::Postgres;
 #
 #   my $pg = Ahava::Test::Postgres->start;      # new cluster, free port
 #   $pg->url('mydb');  $pg->stop;  $pg->start;  $pg->destroy;
+#
+# pg_stat_statements is preloaded, so a test can count the statements nginx
+# ran (Ahava::Test::statement_calls).  ssl => 1 turns TLS on with a
+# self-signed certificate made by openssl.
 
 use strict;
 use warnings;
@@ -33,14 +37,21 @@ sub start {
             '-D', "$self->{dir}/data", '-U', 'postgres', '--auth=trust',
             '-E', 'UTF8', '--no-sync', '--no-instructions')]);
         die "initdb failed ($rc):\n$out" if $rc;
+        $self->_make_cert if $self->{ssl};
     }
+
+    my $ssl = $self->{ssl}
+        ? " -c ssl=on -c ssl_cert_file=$self->{dir}/data/server.crt"
+          . " -c ssl_key_file=$self->{dir}/data/server.key"
+        : '';
 
     my ($rc, $out) = run_capture([as_postgres("$PGBIN/pg_ctl",
         '-D', "$self->{dir}/data", '-l', "$self->{dir}/postgres.log",
         '-w', '-t', '60', '-o',
         "-p $self->{port} -k $self->{dir} -c listen_addresses=127.0.0.1"
         . " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        . " -c max_connections=100 -c shared_buffers=32MB",
+        . " -c max_connections=100 -c shared_buffers=32MB"
+        . " -c shared_preload_libraries=pg_stat_statements$ssl",
         'start')]);
     if ($rc) {
         my $log = slurp("$self->{dir}/postgres.log") // '';
@@ -48,6 +59,20 @@ sub start {
     }
     $self->{running} = 1;
     return $self;
+}
+
+sub _make_cert {
+    my ($self) = @_;
+    my $d = "$self->{dir}/data";
+    my ($rc, $out) = run_capture(['openssl', 'req', '-x509', '-newkey',
+        'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1',
+        '-keyout', "$d/server.key", '-out', "$d/server.crt"]);
+    die "openssl req failed ($rc):\n$out" if $rc;
+    if ($> == 0) {
+        my (undef, undef, $uid, $gid) = getpwnam('postgres');
+        chown $uid, $gid, "$d/server.key", "$d/server.crt";
+    }
+    chmod 0600, "$d/server.key";
 }
 
 sub stop {

@@ -1,0 +1,336 @@
+
+/*
+ * Every statement of /api/visits, in one place.  They are declared once
+ * and prepared on every PostgreSQL connection as it opens; requests only
+ * bind parameters.
+ *
+ * Conventions: $1 is the visit's id (the caller's id for the list), $2 the
+ * caller's id, $3 the caller's role (text) or whether the caller is an
+ * admin (bool).  PostgreSQL builds the JSON of the rows; nginx only adds
+ * what it must decrypt.  A statement's cost follows the page it returns,
+ * not the number of visits the caller may see: only the exact total counts
+ * them, on an index (bench/README.md has the plans).
+ */
+
+
+#include "ngx_ahava_visits.h"
+
+
+/* the visit v (which carries its booking's patientId) as JSON fields */
+#define NGX_AHAVA_VISIT_FIELDS                                               \
+    "'id', v.id, 'bookingId', v.\"bookingId\", 'status', v.status,"          \
+    " 'patientId', v.\"patientId\", 'nurseId', v.\"nurseId\","               \
+    " 'doctorId', v.\"doctorId\","                                           \
+    " 'scheduledStart', " NGX_AHAVA_TS("v.\"scheduledStart\"") ","           \
+    " 'actualStart', " NGX_AHAVA_TS("v.\"actualStart\"") ","                 \
+    " 'actualEnd', " NGX_AHAVA_TS("v.\"actualEnd\"") ","                     \
+    " 'doctorReview', v.\"doctorReview\","                                   \
+    " 'doctorRating', v.\"doctorRating\","                                   \
+    " 'createdAt', " NGX_AHAVA_TS("v.\"createdAt\"") ","                     \
+    " 'updatedAt', " NGX_AHAVA_TS("v.\"updatedAt\"") ","                     \
+    " 'patient', " NGX_AHAVA_PERSON("v.\"patientId\"") ","                   \
+    " 'nurse', " NGX_AHAVA_PERSON("v.\"nurseId\"") ","                       \
+    " 'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
+
+/*
+ * GET /api/visits: one template, a statement per role filter, sortBy and
+ * sortOrder (made once at configuration time), so that each one has the
+ * plan of its index: (nurseId, createdAt), (doctorId, createdAt), the
+ * patient's bookings, createdAt.  $1 caller, $2 status or NULL, $3 limit,
+ * $4 offset.  One row: the exact total, the page as a JSON array.
+ */
+
+#define NGX_AHAVA_VISITS_LIST                                                \
+    "SELECT (SELECT count(*) FROM %s WHERE %s"                               \
+    " AND ($2::text IS NULL OR v.status = $2::text::\"VisitStatus\")),"      \
+    " (SELECT coalesce(json_agg(json_build_object(" NGX_AHAVA_VISIT_FIELDS   \
+    ") ORDER BY v.%s %s, v.id %s), '[]')"                                    \
+    " FROM (SELECT v.id FROM %s WHERE %s"                                    \
+    " AND ($2::text IS NULL OR v.status = $2::text::\"VisitStatus\")"        \
+    " ORDER BY v.%s %s, v.id %s LIMIT $3::int OFFSET $4::int) page"          \
+    " JOIN (SELECT v.*, b.\"patientId\" FROM visits v"                       \
+    " JOIN bookings b ON b.id = v.\"bookingId\") v ON v.id = page.id)"
+
+/* by role: PATIENT, NURSE, DOCTOR, ADMIN (SPEC §5: role-filtered) */
+static const char  *ngx_ahava_visits_from[] = {
+    "visits v JOIN bookings b ON b.id = v.\"bookingId\"",
+    "visits v", "visits v", "visits v"
+};
+
+static const char  *ngx_ahava_visits_filter[] = {
+    "b.\"patientId\" = $1", "v.\"nurseId\" = $1", "v.\"doctorId\" = $1",
+    "$1::text IS NOT NULL"
+};
+
+static const char  *ngx_ahava_visits_role[] = {
+    "patient", "nurse", "doctor", "admin"
+};
+
+/* the sortBy values, in the route's order; status sorts as the enum */
+static const char  *ngx_ahava_visits_sort[] = {
+    "\"createdAt\"", "\"scheduledStart\"", "\"updatedAt\"", "status"
+};
+
+
+ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
+
+
+/*
+ * A mutation of SPEC §5 as one statement (one transaction): ok finds the
+ * visit the caller may see; upd changes it only if the caller's role may
+ * (who) and its current state allows (when) — under READ COMMITTED a
+ * concurrent writer makes the UPDATE re-check its WHERE on the new row
+ * version, so two conflicting mutations cannot both win; extra CTEs write
+ * what goes with it (the nurse's position, the audit row).  The row says
+ * which of 404 / 403 / 400 / 409 / 200 it is, in the columns of
+ * ngx_ahava_visits_col_e.  $1 visit, $2 caller, $3 role.
+ */
+
+#define NGX_AHAVA_VISIT_MUTATION(set, who, when, target, extra, event)       \
+    "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
+    " b.\"patientId\" FROM visits v JOIN bookings b"                         \
+    " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"     \
+    " OR $2 IN (b.\"patientId\", v.\"nurseId\", v.\"doctorId\"))),"          \
+    " upd AS (UPDATE visits v SET " set ","                                  \
+    " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
+    " AND " who("v") " AND " when " AND " target                             \
+    " RETURNING v.*, ok.\"patientId\")" extra                                \
+    " SELECT (SELECT count(*) FROM ok),"                                     \
+    " coalesce((SELECT " who("ok") " FROM ok), false), " target ","          \
+    " (SELECT json_build_object(" NGX_AHAVA_VISIT_FIELDS ","                 \
+    " 'gpsCoordinates', coalesce(v.\"gpsCoordinates\", '[]'::jsonb))::text"  \
+    " FROM upd v),"                                                          \
+    " (SELECT \"nurseReport\" FROM upd),"                                    \
+    " (SELECT status::text FROM ok),"                                        \
+    " (SELECT \"patientId\" FROM ok),"                                       \
+    " (SELECT \"nurseId\" FROM upd), (SELECT \"doctorId\" FROM upd),"        \
+    " (SELECT \"nurseId\" FROM ok), (SELECT \"doctorId\" FROM ok),"          \
+    " (SELECT json_build_object('visitId', upd.id, " event ")::text"         \
+    " FROM upd, ok)"
+
+/* who may: by role ($3), over the visit row t */
+#define NGX_AHAVA_ADMIN(t)         "($3::text = 'ADMIN')"
+#define NGX_AHAVA_NURSE(t)                                                   \
+    "($3::text = 'NURSE' AND " t ".\"nurseId\" = $2)"
+#define NGX_AHAVA_NURSE_OR_ADMIN(t)                                          \
+    "($3::text = 'ADMIN' OR ($3::text = 'NURSE' AND " t ".\"nurseId\" = $2))"
+#define NGX_AHAVA_DOCTOR_OR_ADMIN(t)                                         \
+    "($3::text = 'ADMIN'"                                                    \
+    " OR ($3::text = 'DOCTOR' AND " t ".\"doctorId\" = $2))"
+#define NGX_AHAVA_PATIENT_OR_ADMIN(t)                                        \
+    "($3::text = 'ADMIN' OR ($3::text = 'PATIENT' AND ok.\"patientId\" = $2))"
+
+#define NGX_AHAVA_NOT_FINAL   "v.status NOT IN ('COMPLETED', 'CANCELLED')"
+
+/* the history, or an empty one for NULL or a non-array (Prisma's data) */
+#define NGX_AHAVA_GPS_HISTORY                                                \
+    "(CASE WHEN jsonb_typeof(v.\"gpsCoordinates\") = 'array'"                \
+    " THEN v.\"gpsCoordinates\" ELSE '[]'::jsonb END)"
+
+#define NGX_AHAVA_GPS_POINT                                                  \
+    "jsonb_build_array(jsonb_build_object('lat', $4::float8,"                \
+    " 'lng', $5::float8, 'timestamp', " NGX_AHAVA_TS("LOCALTIMESTAMP(3)")    \
+    "))"
+
+#define NGX_AHAVA_ASSIGNEE(role)                                             \
+    "EXISTS (SELECT 1 FROM users t WHERE t.id = $4 AND t.role = '" role "'"  \
+    " AND t.\"isActive\")"
+
+/* the audit row of a mutation, committed with it; $5 is its new id */
+#define NGX_AHAVA_VISIT_AUDIT(action, meta)                                  \
+    ", " NGX_AHAVA_AUDIT_INSERT("$5", "$2", "$3", action, "visit", "upd.id",  \
+                                "upd, ok", meta)
+
+
+ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
+
+    /* GET /api/visits/:id — rows of (kind, JSON, ciphertext): the visit
+     * with its payments and GPS history, then its latest 50 messages
+     * oldest first; by participation (SPEC §3), $3 true for an admin */
+    { ngx_string("visit detail"),
+      "WITH v AS (SELECT v.*, b.\"patientId\" FROM visits v"
+      " JOIN bookings b ON b.id = v.\"bookingId\" WHERE v.id = $1"
+      " AND ($3::bool OR $2 IN (b.\"patientId\", v.\"nurseId\","
+      " v.\"doctorId\")))"
+      " SELECT 0 AS k, json_build_object(" NGX_AHAVA_VISIT_FIELDS ","
+      " 'gpsCoordinates', coalesce(v.\"gpsCoordinates\", '[]'::jsonb),"
+      " 'payments', (SELECT coalesce(json_agg(json_build_object("
+      "'id', p.id, 'amountInCents', p.\"amountInCents\","
+      " 'currency', p.currency, 'status', p.status,"
+      " 'paystackReference', p.\"paystackReference\","
+      " 'createdAt', " NGX_AHAVA_TS("p.\"createdAt\"") ","
+      " 'updatedAt', " NGX_AHAVA_TS("p.\"updatedAt\"") ")"
+      " ORDER BY p.\"createdAt\", p.id), '[]')"
+      " FROM payments p WHERE p.\"visitId\" = v.id))::text,"
+      " v.\"nurseReport\", NULL::timestamp AS t, NULL::text AS mid FROM v"
+      " UNION ALL"
+      " SELECT 1, json_build_object(" NGX_AHAVA_MESSAGE_FIELDS ")::text,"
+      " m.content, m.\"createdAt\", m.id"
+      " FROM (SELECT m.* FROM messages m"
+      " WHERE m.\"visitId\" = (SELECT id FROM v)"
+      " ORDER BY m.\"createdAt\" DESC, m.id DESC LIMIT 50) m"
+      " ORDER BY 1, 4, 5",
+      3, 0, "" },
+
+    /* PATCH /api/visits/:id/status {status}: $4 the states it may come
+     * from, $5 the new one */
+    { ngx_string("visit status"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "status = $5::text::\"VisitStatus\","
+          " \"actualStart\" = CASE WHEN $5::text = 'IN_PROGRESS'"
+          " THEN coalesce(v.\"actualStart\", LOCALTIMESTAMP(3))"
+          " ELSE v.\"actualStart\" END,"
+          " \"actualEnd\" = CASE WHEN $5::text = 'COMPLETED'"
+          " THEN LOCALTIMESTAMP(3) ELSE v.\"actualEnd\" END",
+          NGX_AHAVA_NURSE_OR_ADMIN,
+          "v.status = ANY($4::text[]::\"VisitStatus\"[])",
+          "TRUE", "",
+          "'status', upd.status, 'previousStatus', ok.status,"
+          " 'updatedBy', $2::text"),
+      5, 0, "" },
+
+    /* POST /api/visits/:id/location {lat, lng}: appended, the newest 1000
+     * kept; the nurse's last known position with it */
+    { ngx_string("visit location"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "\"gpsCoordinates\" = CASE"
+          " WHEN jsonb_array_length(" NGX_AHAVA_GPS_HISTORY ") < 1000"
+          " THEN " NGX_AHAVA_GPS_HISTORY " || " NGX_AHAVA_GPS_POINT
+          " ELSE jsonb_path_query_array(" NGX_AHAVA_GPS_HISTORY ","
+          " '$[last - 998 to last]') || " NGX_AHAVA_GPS_POINT " END",
+          NGX_AHAVA_NURSE,
+          "v.status IN ('EN_ROUTE', 'ARRIVED', 'IN_PROGRESS')",
+          "TRUE",
+          ", nurse AS (UPDATE users u SET \"lastKnownLat\" = $4::float8,"
+          " \"lastKnownLng\" = $5::float8,"
+          " \"lastLocationUpdate\" = LOCALTIMESTAMP(3),"
+          " \"updatedAt\" = LOCALTIMESTAMP(3) FROM upd"
+          " WHERE u.id = upd.\"nurseId\")",
+          "'nurseId', $2::text,"
+          " 'lat', upd.\"gpsCoordinates\"->-1->'lat',"
+          " 'lng', upd.\"gpsCoordinates\"->-1->'lng',"
+          " 'timestamp', upd.\"gpsCoordinates\"->-1->'timestamp'"),
+      5, 0, "" },
+
+    /* POST /api/visits/:id/nurse-report {nurseReport}: $4 its ciphertext;
+     * the event never carries the report */
+    { ngx_string("visit nurse report"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "\"nurseReport\" = $4",
+          NGX_AHAVA_NURSE,
+          "v.status IN ('IN_PROGRESS', 'COMPLETED')",
+          "TRUE", "",
+          "'nurseId', $2::text"),
+      4, 0, "" },
+
+    /* POST /api/visits/:id/doctor-review {doctorReview, doctorRating} */
+    { ngx_string("visit doctor review"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "\"doctorReview\" = $4, \"doctorRating\" = $5::int",
+          NGX_AHAVA_DOCTOR_OR_ADMIN,
+          "v.\"nurseReport\" IS NOT NULL",
+          "TRUE", "",
+          "'reviewedBy', $2::text, 'doctorRating', upd.\"doctorRating\""),
+      5, 0, "" },
+
+    /* POST /api/visits/:id/cancel {reason?}: its patient while SCHEDULED
+     * or EN_ROUTE, an admin while not final; audited with the change */
+    { ngx_string("visit cancel"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "status = 'CANCELLED'",
+          NGX_AHAVA_PATIENT_OR_ADMIN,
+          "(CASE WHEN $3::text = 'PATIENT'"
+          " THEN v.status IN ('SCHEDULED', 'EN_ROUTE')"
+          " ELSE " NGX_AHAVA_NOT_FINAL " END)",
+          "TRUE",
+          NGX_AHAVA_VISIT_AUDIT("VISIT_CANCELLED",
+              "jsonb_build_object('previousStatus', ok.status,"
+              " 'reason', $4::text)"),
+          "'previousStatus', ok.status, 'cancelledBy', $2::text,"
+          " 'reason', $4::text"),
+      5, 0, "" },
+
+    /* POST /api/visits/:id/assign-nurse {nurseId}: an active NURSE */
+    { ngx_string("visit assign nurse"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "\"nurseId\" = $4",
+          NGX_AHAVA_ADMIN,
+          NGX_AHAVA_NOT_FINAL,
+          NGX_AHAVA_ASSIGNEE("NURSE"),
+          NGX_AHAVA_VISIT_AUDIT("NURSE_ASSIGNED",
+              "jsonb_build_object('nurseId', $4::text,"
+              " 'previousNurseId', ok.\"nurseId\")"),
+          "'nurseId', upd.\"nurseId\", 'previousNurseId', ok.\"nurseId\""),
+      5, 0, "" },
+
+    /* POST /api/visits/:id/assign-doctor {doctorId}: an active DOCTOR */
+    { ngx_string("visit assign doctor"),
+      NGX_AHAVA_VISIT_MUTATION(
+          "\"doctorId\" = $4",
+          NGX_AHAVA_ADMIN,
+          NGX_AHAVA_NOT_FINAL,
+          NGX_AHAVA_ASSIGNEE("DOCTOR"),
+          NGX_AHAVA_VISIT_AUDIT("DOCTOR_ASSIGNED",
+              "jsonb_build_object('doctorId', $4::text,"
+              " 'previousDoctorId', ok.\"doctorId\")"),
+          "'doctorId', upd.\"doctorId\","
+          " 'previousDoctorId', ok.\"doctorId\""),
+      5, 0, "" },
+};
+
+
+/* The list's variants from its template, then every statement declared */
+
+ngx_int_t
+ngx_ahava_visits_declare(ngx_conf_t *cf)
+{
+    u_char            *sql, *name;
+    size_t             len;
+    ngx_uint_t         role, sort, desc, i;
+    const char        *dir;
+    ngx_ahava_stmt_t  *st;
+
+    len = sizeof(NGX_AHAVA_VISITS_LIST) + 512;
+
+    for (role = 0; role < NGX_AHAVA_NROLES - 1; role++) {
+        for (sort = 0; sort < NGX_AHAVA_VISITS_SORTS; sort++) {
+            for (desc = 0; desc < 2; desc++) {
+                i = (role * NGX_AHAVA_VISITS_SORTS + sort) * 2 + desc;
+                st = &ngx_ahava_visits_list_stmts[i];
+                dir = desc ? "DESC" : "ASC";
+
+                sql = ngx_pnalloc(cf->pool, len);
+                name = ngx_pnalloc(cf->pool, 64);
+                if (sql == NULL || name == NULL) {
+                    return NGX_ERROR;
+                }
+
+                ngx_snprintf(sql, len - 1, NGX_AHAVA_VISITS_LIST "%Z",
+                             ngx_ahava_visits_from[role],
+                             ngx_ahava_visits_filter[role],
+                             ngx_ahava_visits_sort[sort], dir, dir,
+                             ngx_ahava_visits_from[role],
+                             ngx_ahava_visits_filter[role],
+                             ngx_ahava_visits_sort[sort], dir, dir);
+
+                st->name.data = name;
+                st->name.len = ngx_sprintf(name, "visits list (%s, %s %s)",
+                                           ngx_ahava_visits_role[role],
+                                           ngx_ahava_visits_sort[sort], dir)
+                               - name;
+                st->sql = (char *) sql;
+                st->nparams = 4;
+            }
+        }
+    }
+
+    if (ngx_ahava_declare(cf, ngx_ahava_visits_list_stmts,
+                          NGX_AHAVA_VISITS_NLIST)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_ahava_declare(cf, ngx_ahava_visits_stmts,
+                             NGX_AHAVA_VISITS_NSTMTS);
+}
