@@ -26,6 +26,29 @@ ngx_alloc(size_t size, ngx_log_t *log)
 }
 
 
+/* ngx_ahava_id.c's time formatting is linked, never called here */
+void
+ngx_gmtime(time_t t, ngx_tm_t *tp)
+{
+    abort();
+}
+
+
+u_char *
+ngx_sprintf(u_char *buf, const char *fmt, ...)
+{
+    abort();
+}
+
+
+/* the verification logs only failures of OpenSSL itself */
+void
+ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
+    const char *fmt, ...)
+{
+}
+
+
 /* RFC 4648 §5 without padding, as nginx's ngx_decode_base64url() */
 
 ngx_int_t

@@ -653,10 +653,10 @@ ngx_ahava_conf_set_routes(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * libpq keyword/value arrays from the conninfo or URI.  A host name is
- * resolved here, once, into hostaddr — every address it has, in the
- * resolver's order, so "localhost" reaches an IPv4-only server after ::1
- * is refused: PQconnectPoll would otherwise resolve it blocking inside a
- * worker.  Fallback modes that retry on a second socket without need
+ * resolved here, once, into hostaddr — every address of every host of the
+ * list, in order, so "localhost" reaches an IPv4-only server after ::1 is
+ * refused, and "host=a,b" fails over: PQconnectPoll would otherwise
+ * resolve names blocking inside a worker.  Fallback modes that retry on a second socket without need
  * (sslmode=prefer, gssencmode=prefer) are turned off; the user's own
  * "options" are kept and ours appended (they win): the server ends
  * statements that outlive ahava_pg_query_timeout, and times are UTC.
@@ -666,8 +666,8 @@ static ngx_int_t
 ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
 {
     int                 rc;
-    char               *err, *host, *hostaddr, *options;
-    u_char             *conninfo, *p, *hosts, *addrs;
+    char               *err, *host, *hostaddr, *options, *port, *name, *next;
+    u_char             *conninfo, *p, *q, *hosts, *addrs;
     size_t              n, len;
     ngx_uint_t          i, naddrs, has_ssl;
     struct addrinfo     hints, *res, *ai;
@@ -710,6 +710,7 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
     i = 0;
     host = NULL;
     hostaddr = NULL;
+    port = NULL;
     options = NULL;
     has_ssl = 0;
 
@@ -748,6 +749,9 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
         } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = amcf->pg_values[i];
 
+        } else if (ngx_strcmp(o->keyword, "port") == 0) {
+            port = amcf->pg_values[i];
+
         } else if (ngx_strcmp(o->keyword, "options") == 0) {
             /* appended to below, not passed twice */
             options = amcf->pg_values[i];
@@ -759,68 +763,103 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
 
     PQconninfoFree(opts);
 
-    if (host && ngx_strchr(host, ',')) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "ahava_database: a single host is supported");
-        return NGX_ERROR;
+    /* "h1,h2:5432" gives ",5432": one port, the same for every host */
+    if (port && ngx_strchr(port, ',')) {
+        name = NULL;
+
+        for (p = (u_char *) port; *p; p = (u_char *) next + (*next != '\0')) {
+            next = (char *) p;
+            while (*next && *next != ',') {
+                next++;
+            }
+
+            if (next == (char *) p) {
+                continue;
+            }
+
+            if (name && ((size_t) (next - (char *) p) != len
+                         || ngx_strncmp(name, p, len) != 0))
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "ahava_database: one port for every "
+                                   "host");
+                return NGX_ERROR;
+            }
+
+            if (name == NULL) {
+                name = (char *) p;
+                len = next - (char *) p;
+            }
+        }
+
+        if (name) {
+            ngx_memmove(port, name, len);
+            port[len] = '\0';
+        }
     }
 
     if (host && hostaddr == NULL && host[0] != '/' && host[0] != '@') {
-        ngx_memzero(&hints, sizeof(struct addrinfo));
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
 
-        rc = getaddrinfo(host, NULL, &hints, &res);
-        if (rc != 0 || res == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "ahava_database: host \"%s\" not found: %s",
-                               host, gai_strerror(rc));
-            return NGX_ERROR;
-        }
-
-        naddrs = 0;
-        for (ai = res; ai && naddrs < 16; ai = ai->ai_next) {
-            naddrs++;
-        }
-
-        /* libpq tries host[k] at hostaddr[k]: the name once per address */
-        len = ngx_strlen(host);
-        hosts = ngx_pnalloc(cf->pool, naddrs * (len + 1));
-        addrs = ngx_pnalloc(cf->pool, naddrs * (NGX_SOCKADDR_STRLEN + 1));
+        /* libpq tries host[k] at hostaddr[k]: each name once per address */
+        hosts = ngx_pnalloc(cf->pool, 16 * (ngx_strlen(host) + 1));
+        addrs = ngx_pnalloc(cf->pool, 16 * (NGX_SOCKADDR_STRLEN + 1));
         if (hosts == NULL || addrs == NULL) {
-            freeaddrinfo(res);
             return NGX_ERROR;
         }
 
         p = addrs;
+        q = hosts;
         naddrs = 0;
 
-        for (ai = res; ai && naddrs < 16; ai = ai->ai_next) {
-            n = ngx_sock_ntop(ai->ai_addr, ai->ai_addrlen, addr,
-                              NGX_SOCKADDR_STRLEN, 0);
-
-            if (naddrs) {
-                *p++ = ',';
+        for (name = host; *name; name = next) {
+            next = name;
+            while (*next && *next != ',') {
+                next++;
             }
 
-            p = ngx_cpymem(p, addr, n);
-            naddrs++;
+            len = next - name;
+
+            if (*next == ',') {
+                *next++ = '\0';
+            }
+
+            if (len == 0 || name[0] == '/') {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "ahava_database: a list of hosts must "
+                                   "name TCP hosts");
+                return NGX_ERROR;
+            }
+
+            ngx_memzero(&hints, sizeof(struct addrinfo));
+            hints.ai_family = AF_UNSPEC;
+            hints.ai_socktype = SOCK_STREAM;
+
+            rc = getaddrinfo(name, NULL, &hints, &res);
+            if (rc != 0 || res == NULL) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "ahava_database: host \"%s\" not found: "
+                                   "%s", name, gai_strerror(rc));
+                return NGX_ERROR;
+            }
+
+            for (ai = res; ai && naddrs < 16; ai = ai->ai_next) {
+                n = ngx_sock_ntop(ai->ai_addr, ai->ai_addrlen, addr,
+                                  NGX_SOCKADDR_STRLEN, 0);
+
+                if (naddrs++) {
+                    *p++ = ',';
+                    *q++ = ',';
+                }
+
+                p = ngx_cpymem(p, addr, n);
+                q = ngx_cpymem(q, name, len);
+            }
+
+            freeaddrinfo(res);
         }
 
         *p = '\0';
-        freeaddrinfo(res);
-
-        p = hosts;
-
-        for (n = 0; n < naddrs; n++) {
-            if (n) {
-                *p++ = ',';
-            }
-
-            p = ngx_cpymem(p, host, len);
-        }
-
-        *p = '\0';
+        *q = '\0';
 
         /* the host keyword's value becomes the list */
         for (n = 0; n < i; n++) {

@@ -990,11 +990,9 @@ ngx_ahava_pg_finish(ngx_ahava_pg_query_t *q, PGresult *res, ngx_int_t rc)
     q->sqlstate = (res && rc != NGX_OK)
                   ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
+    /* the result is the pool's, cleared after this; q may be freed by
+     * its owner inside done: nothing of it is touched afterwards */
     q->done(q);
-
-    /* the result belongs to the pool; never kept past done */
-    q->result = NULL;
-    q->sqlstate = NULL;
 }
 
 
