@@ -460,6 +460,7 @@ later:
 static void
 ngx_ahava_audit_done(ngx_ahava_pg_query_t *q)
 {
+    ngx_int_t                rc;
     ngx_uint_t               i;
     ngx_ahava_audit_t       *a;
     ngx_ahava_main_conf_t   *amcf;
@@ -468,12 +469,16 @@ ngx_ahava_audit_done(ngx_ahava_pg_query_t *q)
                                                ngx_ahava_core_module);
     a = amcf->audit;
 
+    rc = q->rc;
+
+    /* q lives in that pool */
+    ngx_destroy_pool(q->data);
+
     if (a == NULL || a->exiting) {
-        ngx_destroy_pool(q->data);
         return;
     }
 
-    if (q->rc == NGX_OK) {
+    if (rc == NGX_OK) {
         for (i = 0; i < a->inflight; i++) {
             ngx_free(a->entries[a->head].meta.data);
             a->entries[a->head].meta.data = NULL;
@@ -489,11 +494,10 @@ ngx_ahava_audit_done(ngx_ahava_pg_query_t *q)
     }
 
     a->inflight = 0;
-    ngx_destroy_pool(q->data);
 
     if (a->n || a->dropped) {
-        ngx_ahava_audit_schedule(a, q->rc == NGX_OK ? NGX_AHAVA_AUDIT_DELAY
-                                                    : NGX_AHAVA_AUDIT_RETRY);
+        ngx_ahava_audit_schedule(a, rc == NGX_OK ? NGX_AHAVA_AUDIT_DELAY
+                                                 : NGX_AHAVA_AUDIT_RETRY);
     }
 }
 

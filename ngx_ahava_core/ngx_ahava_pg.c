@@ -51,6 +51,7 @@ typedef struct {
     ngx_connection_t          *c;
     ngx_ahava_pg_query_t      *query;           /* NULL while draining */
     PGresult                  *result;          /* the statement's result */
+    const char                *host;            /* libpq's current host */
     ngx_uint_t                 prepared;        /* statements so far */
     ngx_ahava_pg_state_e       state;
     unsigned                   failed:1;        /* a result said error */
@@ -380,6 +381,7 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
     pc->pool = pool;
     pc->conn = conn;
     pc->c = c;
+    pc->host = PQhostaddr(conn);
     pc->state = NGX_AHAVA_PG_CONNECTING;
 
     c->data = pc;
@@ -413,11 +415,20 @@ ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc)
     for ( ;; ) {
         st = PQconnectPoll(pc->conn);
 
-        /* another address of the host, or a TLS retry: a new socket */
-        if (PQsocket(pc->conn) != pc->c->fd
-            && ngx_ahava_pg_rebind(pc) != NGX_OK)
+        /*
+         * the next address of the list: a new socket, which may well have
+         * the number of the old one (closed, so out of epoll already);
+         * libpq's current host entry tells, the fd number alone cannot
+         */
+        if ((PQsocket(pc->conn) != pc->c->fd
+             || PQhostaddr(pc->conn) != pc->host)
+            && PQsocket(pc->conn) != -1)
         {
-            st = PGRES_POLLING_FAILED;
+            pc->host = PQhostaddr(pc->conn);
+
+            if (ngx_ahava_pg_rebind(pc) != NGX_OK) {
+                st = PGRES_POLLING_FAILED;
+            }
         }
 
         switch (st) {

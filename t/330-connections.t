@@ -51,7 +51,8 @@ my $JSON = JSON::PP->new->ascii;
 # --- TLS: a 3 MB page comes whole and at once ---------------------------------
 {
     my $n = nginx_with('tls', "postgresql://postgres\@127.0.0.1:$port/$db?sslmode=require");
-    is(response(GET => '/health', nginx => $n)->status, 200, 'sslmode=require: healthy');
+    ok(poll_until(10, sub { response(GET => '/health', nginx => $n)->status == 200 }),
+       'sslmode=require: healthy');
     is(psql_value(q{SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
                     WHERE a.application_name = 'ahava-nginx' AND s.ssl}) >= 1 ? 1 : 0, 1,
        "nginx's connection is TLS (pg_stat_ssl)");
@@ -79,7 +80,7 @@ my $JSON = JSON::PP->new->ascii;
     # the server listens on 127.0.0.1 only: 127.0.0.2 refuses, and libpq
     # goes on to the next address on a new socket
     my $n = nginx_with('hosts', "postgresql://postgres\@127.0.0.2,127.0.0.1:$port/$db?sslmode=disable");
-    is(response(GET => '/health', nginx => $n)->status, 200,
+    ok(poll_until(10, sub { response(GET => '/health', nginx => $n)->status == 200 }),
        'host=127.0.0.2,127.0.0.1 (the first refuses): healthy');
     api_ok(response(GET => '/api/visits', as => 'admin', nginx => $n), '... and serving');
     api_ok(response(GET => "/api/visits/$ID{visit3}", as => 'admin', nginx => $n), '... again');
@@ -92,7 +93,7 @@ SKIP: {
     skip 'localhost does not resolve to both ::1 and 127.0.0.1 here', 2
         unless grep({ $_ == Socket::AF_INET6() } @fam) && grep({ $_ == Socket::AF_INET() } @fam);
     my $n = nginx_with('localhost', "postgresql://postgres\@localhost:$port/$db?sslmode=disable");
-    is(response(GET => '/health', nginx => $n)->status, 200,
+    ok(poll_until(10, sub { response(GET => '/health', nginx => $n)->status == 200 }),
        'host "localhost" (::1 refused, 127.0.0.1 listening): healthy');
     api_ok(response(GET => '/api/visits', as => 'admin', nginx => $n), '... and serving');
     ok($n->stop, "nginx 'localhost' exits");
