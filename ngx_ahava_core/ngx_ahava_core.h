@@ -343,6 +343,36 @@ json_t *ngx_ahava_json_loadn(ngx_http_request_t *r, u_char *text,
 json_t *ngx_ahava_detail(json_t *details, const char *field,
     const char *fmt, ...);
 
+/*
+ * A JSON object written by nginx from a result row's columns: a field per
+ * entry, taking its columns in order from the first one given.  PostgreSQL
+ * sends plain values (its own JSON building costs it more than the query),
+ * nginx formats them.
+ */
+typedef enum {
+    NGX_AHAVA_COL_STRING = 0,                   /* text; NULL: null */
+    NGX_AHAVA_COL_RAW,                          /* a number or JSON as is */
+    NGX_AHAVA_COL_BOOL,                         /* t / f */
+    NGX_AHAVA_COL_TIME,                         /* timestamp(3): ISO-8601 */
+    NGX_AHAVA_COL_PERSON,                       /* id, firstName, lastName */
+    NGX_AHAVA_COL_DECRYPT                       /* ciphertext: plaintext */
+} ngx_ahava_col_type_e;
+
+typedef struct {
+    const char                *name;
+    ngx_ahava_col_type_e       type;
+    const char                *error_field;     /* DECRYPT: on failure */
+} ngx_ahava_col_t;
+
+#define NGX_AHAVA_ROW_OPEN   1                  /* more fields follow */
+#define NGX_AHAVA_ROW_MORE   2                  /* fields of an open one */
+
+size_t ngx_ahava_row_size(PGresult *res, int row, int col,
+    ngx_ahava_col_t *cols);
+int ngx_ahava_row_ncols(ngx_ahava_col_t *cols);
+u_char *ngx_ahava_row_write(ngx_http_request_t *r, u_char *p, PGresult *res,
+    int row, int col, ngx_ahava_col_t *cols, ngx_uint_t flags);
+
 /* text of the JSON PostgreSQL built, with a decrypted field spliced in */
 size_t ngx_ahava_splice_size(PGresult *res, int row, int json_col,
     int ct_col);

@@ -883,7 +883,7 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
     amcf->pg_keywords[i] = "application_name";
     amcf->pg_values[i++] = "ahava-nginx";
 
-    len = (options ? ngx_strlen(options) + 1 : 0) + 64;
+    len = (options ? ngx_strlen(options) + 1 : 0) + 128;
 
     p = ngx_pnalloc(cf->pool, len);
     if (p == NULL) {
@@ -897,7 +897,9 @@ ngx_ahava_pg_params(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
         p = ngx_sprintf(p, "%s ", options);
     }
 
-    ngx_sprintf(p, "-c statement_timeout=%M -c TimeZone=UTC%Z",
+    /* the statements' plans do not depend on their values: plan once */
+    ngx_sprintf(p, "-c statement_timeout=%M -c TimeZone=UTC -c DateStyle=ISO"
+                " -c plan_cache_mode=force_generic_plan%Z",
                 amcf->pg_query_timeout);
 
     amcf->pg_keywords[i] = NULL;

@@ -12,6 +12,8 @@
 
 static ngx_int_t ngx_ahava_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_chain_t *body);
+static u_char *ngx_ahava_row_string(u_char *p, PGresult *res, int row,
+    int col);
 
 
 /*
@@ -363,6 +365,203 @@ ngx_ahava_json_loadn(ngx_http_request_t *r, u_char *text, size_t len)
     }
 
     return root;
+}
+
+
+/*
+ * The upper bound of a row's object: every text byte may become \u00XX,
+ * every ciphertext byte its plaintext escaped, times their fixed parts.
+ */
+
+size_t
+ngx_ahava_row_size(PGresult *res, int row, int col, ngx_ahava_col_t *cols)
+{
+    int               n;
+    size_t            size;
+    ngx_ahava_col_t  *c;
+
+    size = 2;
+
+    for (c = cols; c->name; c++) {
+        size += ngx_strlen(c->name) + 4;
+        n = (c->type == NGX_AHAVA_COL_PERSON) ? 3 : 1;
+
+        while (n--) {
+            switch (c->type) {
+
+            case NGX_AHAVA_COL_DECRYPT:
+                size += 6 * ngx_ahava_crypto_decrypted_max_len(
+                                PQgetlength(res, row, col))
+                        + ngx_strlen(c->error_field) + 32;
+                break;
+
+            case NGX_AHAVA_COL_TIME:
+                size += NGX_AHAVA_ISO_TIME_LEN + 8
+                        + PQgetlength(res, row, col);
+                break;
+
+            default:
+                size += 6 * PQgetlength(res, row, col) + 48;
+                break;
+            }
+
+            col++;
+        }
+    }
+
+    return size;
+}
+
+
+/*
+ * "2026-11-24 10:04:00.12" (timestamp(3) in DateStyle ISO, which the
+ * connections set) as "2026-11-24T10:04:00.120Z"
+ */
+
+static u_char *
+ngx_ahava_iso_from_pg(u_char *p, u_char *t, size_t len)
+{
+    size_t  i;
+
+    if (len < 19 || t[10] != ' ') {
+        /* not the form expected (a year past 9999, BC): as PostgreSQL said */
+        return ngx_ahava_json_string_write(p, t, len);
+    }
+
+    *p++ = '"';
+    p = ngx_cpymem(p, t, 10);
+    *p++ = 'T';
+    p = ngx_cpymem(p, t + 11, 8);
+    *p++ = '.';
+
+    for (i = 0; i < 3; i++) {
+        *p++ = (20 + i < len && t[19] == '.') ? t[20 + i] : '0';
+    }
+
+    *p++ = 'Z';
+    *p++ = '"';
+
+    return p;
+}
+
+
+/* The result columns cols takes */
+
+int
+ngx_ahava_row_ncols(ngx_ahava_col_t *cols)
+{
+    int               n;
+    ngx_ahava_col_t  *c;
+
+    n = 0;
+
+    for (c = cols; c->name; c++) {
+        n += (c->type == NGX_AHAVA_COL_PERSON) ? 3 : 1;
+    }
+
+    return n;
+}
+
+
+/*
+ * Writes the object of cols from the row's columns starting at col.
+ * NGX_AHAVA_ROW_OPEN leaves it open (more fields follow),
+ * NGX_AHAVA_ROW_MORE continues an open one.  NULL on a failure of memory.
+ */
+
+u_char *
+ngx_ahava_row_write(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
+    int col, ngx_ahava_col_t *cols, ngx_uint_t flags)
+{
+    u_char           *v;
+    size_t            len;
+    ngx_ahava_col_t  *c;
+
+    if (!(flags & NGX_AHAVA_ROW_MORE)) {
+        *p++ = '{';
+    }
+
+    for (c = cols; c->name; c++) {
+        if (c != cols || (flags & NGX_AHAVA_ROW_MORE)) {
+            *p++ = ',';
+        }
+
+        if (c->type == NGX_AHAVA_COL_DECRYPT) {
+            p = ngx_ahava_decrypted_field(r, p, res, row, col++, c->name,
+                                          c->error_field);
+            if (p == NULL) {
+                return NULL;
+            }
+
+            continue;
+        }
+
+        *p++ = '"';
+        p = ngx_cpymem(p, c->name, ngx_strlen(c->name));
+        *p++ = '"';
+        *p++ = ':';
+
+        if (PQgetisnull(res, row, col)) {
+            p = ngx_cpymem(p, "null", 4);
+            col += (c->type == NGX_AHAVA_COL_PERSON) ? 3 : 1;
+            continue;
+        }
+
+        v = (u_char *) PQgetvalue(res, row, col);
+        len = PQgetlength(res, row, col);
+
+        switch (c->type) {
+
+        case NGX_AHAVA_COL_RAW:
+            p = ngx_cpymem(p, v, len);
+            break;
+
+        case NGX_AHAVA_COL_BOOL:
+            p = (v[0] == 't') ? ngx_cpymem(p, "true", 4)
+                              : ngx_cpymem(p, "false", 5);
+            break;
+
+        case NGX_AHAVA_COL_TIME:
+            p = ngx_ahava_iso_from_pg(p, v, len);
+            break;
+
+        case NGX_AHAVA_COL_PERSON:
+            p = ngx_cpymem(p, "{\"id\":", sizeof("{\"id\":") - 1);
+            p = ngx_ahava_json_string_write(p, v, len);
+            p = ngx_cpymem(p, ",\"firstName\":",
+                           sizeof(",\"firstName\":") - 1);
+            p = ngx_ahava_row_string(p, res, row, col + 1);
+            p = ngx_cpymem(p, ",\"lastName\":", sizeof(",\"lastName\":") - 1);
+            p = ngx_ahava_row_string(p, res, row, col + 2);
+            *p++ = '}';
+            col += 2;
+            break;
+
+        default: /* NGX_AHAVA_COL_STRING */
+            p = ngx_ahava_json_string_write(p, v, len);
+            break;
+        }
+
+        col++;
+    }
+
+    if (!(flags & NGX_AHAVA_ROW_OPEN)) {
+        *p++ = '}';
+    }
+
+    return p;
+}
+
+
+static u_char *
+ngx_ahava_row_string(u_char *p, PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col)) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    return ngx_ahava_json_string_write(p, (u_char *) PQgetvalue(res, row, col),
+                                       PQgetlength(res, row, col));
 }
 
 

@@ -51,7 +51,7 @@ typedef struct {
     ngx_connection_t          *c;
     ngx_ahava_pg_query_t      *query;           /* NULL while draining */
     PGresult                  *result;          /* the statement's result */
-    const char                *host;            /* libpq's current host */
+    ino_t                      socket;          /* libpq's current socket */
     ngx_uint_t                 prepared;        /* statements so far */
     ngx_ahava_pg_state_e       state;
     unsigned                   failed:1;        /* a result said error */
@@ -82,6 +82,7 @@ struct ngx_ahava_pg_pool_s {
 static ngx_int_t ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool);
 static void ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc);
 static ngx_int_t ngx_ahava_pg_rebind(ngx_ahava_pg_conn_t *pc);
+static ino_t ngx_ahava_pg_socket_id(int fd);
 static void ngx_ahava_pg_prepare_next(ngx_ahava_pg_conn_t *pc);
 static void ngx_ahava_pg_connect_failed(ngx_ahava_pg_conn_t *pc,
     const char *what);
@@ -381,7 +382,7 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
     pc->pool = pool;
     pc->conn = conn;
     pc->c = c;
-    pc->host = PQhostaddr(conn);
+    pc->socket = ngx_ahava_pg_socket_id(PQsocket(conn));
     pc->state = NGX_AHAVA_PG_CONNECTING;
 
     c->data = pc;
@@ -417,14 +418,14 @@ ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc)
 
         /*
          * the next address of the list: a new socket, which may well have
-         * the number of the old one (closed, so out of epoll already);
-         * libpq's current host entry tells, the fd number alone cannot
+         * the number of the old one (closed, so out of epoll already); the
+         * socket's inode tells, the fd number alone cannot
          */
-        if ((PQsocket(pc->conn) != pc->c->fd
-             || PQhostaddr(pc->conn) != pc->host)
-            && PQsocket(pc->conn) != -1)
+        if (PQsocket(pc->conn) != -1
+            && (PQsocket(pc->conn) != pc->c->fd
+                || ngx_ahava_pg_socket_id(PQsocket(pc->conn)) != pc->socket))
         {
-            pc->host = PQhostaddr(pc->conn);
+            pc->socket = ngx_ahava_pg_socket_id(PQsocket(pc->conn));
 
             if (ngx_ahava_pg_rebind(pc) != NGX_OK) {
                 st = PGRES_POLLING_FAILED;
@@ -463,6 +464,15 @@ ngx_ahava_pg_connect_poll(ngx_ahava_pg_conn_t *pc)
     pc->prepared = 0;
 
     ngx_ahava_pg_prepare_next(pc);
+}
+
+
+static ino_t
+ngx_ahava_pg_socket_id(int fd)
+{
+    struct stat  st;
+
+    return (fstat(fd, &st) == 0) ? st.st_ino : 0;
 }
 
 

@@ -48,6 +48,26 @@ static const char  *ngx_ahava_booleans[] = {
 };
 
 
+/* a message as the API shows it, from NGX_AHAVA_MESSAGE_COLUMNS */
+static ngx_ahava_col_t  ngx_ahava_message_cols[] = {
+    { "id", NGX_AHAVA_COL_STRING, NULL },
+    { "visitId", NGX_AHAVA_COL_STRING, NULL },
+    { "senderId", NGX_AHAVA_COL_STRING, NULL },
+    { "recipientId", NGX_AHAVA_COL_STRING, NULL },
+    { "type", NGX_AHAVA_COL_STRING, NULL },
+    { "isRead", NGX_AHAVA_COL_BOOL, NULL },
+    { "attachmentUrl", NGX_AHAVA_COL_STRING, NULL },
+    { "attachmentType", NGX_AHAVA_COL_STRING, NULL },
+    { "createdAt", NGX_AHAVA_COL_TIME, NULL },
+    { "updatedAt", NGX_AHAVA_COL_TIME, NULL },
+    { "content", NGX_AHAVA_COL_DECRYPT, "contentError" },
+    { NULL, 0, NULL }
+};
+
+/* the same without its content, for the one just sent (known in clear) */
+#define NGX_AHAVA_MESSAGE_SENT_COLS  10
+
+
 static ngx_ahava_field_t  ngx_ahava_message_fields[] = {
     { "visitId", NGX_AHAVA_FIELD_ID, 1, 0, 0, NULL },
     { "recipientId", NGX_AHAVA_FIELD_ID, 1, 0, 0, NULL },
@@ -107,9 +127,26 @@ static ngx_ahava_route_t  ngx_ahava_messages_routes[] = {
     " AND ($3::bool OR $2 IN (b.\"patientId\", v.\"nurseId\","               \
     " v.\"doctorId\"))"
 
+/* a message m as plain columns, in the order of ngx_ahava_message_cols */
+#define NGX_AHAVA_MESSAGE_COLUMNS                                            \
+    "m.id, m.\"visitId\", m.\"senderId\", m.\"recipientId\", m.type,"          \
+    " m.\"isRead\", m.\"attachmentUrl\", m.\"attachmentType\","                \
+    " m.\"createdAt\", m.\"updatedAt\", m.content"
+
+#define NGX_AHAVA_MESSAGES_PAGE_SQL(which)                                   \
+    "SELECT t.ok, t.total, m.* FROM (SELECT vis.ok, CASE WHEN vis.ok"        \
+    " THEN (SELECT count(*) FROM messages m WHERE m.\"visitId\" = $1"        \
+    " AND " which ") END AS total"                                           \
+    " FROM (SELECT EXISTS (" NGX_AHAVA_VISIBLE_VISIT ") AS ok) vis) t"       \
+    " LEFT JOIN LATERAL (SELECT " NGX_AHAVA_MESSAGE_COLUMNS                  \
+    " FROM messages m WHERE t.ok AND m.\"visitId\" = $1 AND " which          \
+    " ORDER BY m.\"createdAt\", m.id LIMIT $4::int OFFSET $5::int) m ON true"  \
+    " ORDER BY m.\"createdAt\", m.id"
+
 enum {
     NGX_AHAVA_MESSAGE_SEND = 0,
     NGX_AHAVA_MESSAGES_PAGE,
+    NGX_AHAVA_MESSAGES_PAGE_UNREAD,
     NGX_AHAVA_MESSAGES_PARTICIPANTS,
     NGX_AHAVA_MESSAGES_UNREAD,
     NGX_AHAVA_MESSAGES_READ,
@@ -132,27 +169,22 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
       " WHERE $4 <> $2"
       " AND $4 IN (vis.\"patientId\", vis.\"nurseId\", vis.\"doctorId\")"
       " RETURNING *)"
-      " SELECT (SELECT count(*) FROM vis),"
-      " (SELECT json_build_object(" NGX_AHAVA_MESSAGE_FIELDS ")::text"
-      " FROM ins m)",
+      " SELECT (SELECT count(*) FROM vis), m.*"
+      " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_MESSAGE_COLUMNS
+      " FROM ins m) m ON true",
       9, 0, "" },
 
-    /* GET /api/messages/visit/:id: oldest first; $4 unreadOnly, $5 limit,
-     * $6 offset.  Rows: visible, total, a message and its ciphertext
-     * (one row with no message when the page is empty) */
+    /* GET /api/messages/visit/:id: oldest first; $4 limit, $5 offset.
+     * Rows: visible, total, a message's columns (one row of NULLs when the
+     * page is empty).  A statement each for all and unreadOnly=true, so
+     * that each count is an index-only scan of its own index */
     { ngx_string("messages page"),
-      "SELECT vis.ok, CASE WHEN vis.ok THEN (SELECT count(*) FROM messages"
-      " WHERE \"visitId\" = $1 AND (NOT $4::bool OR (\"recipientId\" = $2"
-      " AND NOT \"isRead\"))) END,"
-      " m.j, m.content"
-      " FROM (SELECT EXISTS (" NGX_AHAVA_VISIBLE_VISIT ") AS ok) vis"
-      " LEFT JOIN LATERAL (SELECT json_build_object("
-      NGX_AHAVA_MESSAGE_FIELDS ")::text AS j, m.content, m.\"createdAt\","
-      " m.id FROM messages m WHERE vis.ok AND m.\"visitId\" = $1"
-      " AND (NOT $4::bool OR (m.\"recipientId\" = $2 AND NOT m.\"isRead\"))"
-      " ORDER BY m.\"createdAt\", m.id LIMIT $5::int OFFSET $6::int) m"
-      " ON true ORDER BY m.\"createdAt\", m.id",
-      6, 0, "" },
+      NGX_AHAVA_MESSAGES_PAGE_SQL("TRUE"),
+      5, 0, "" },
+
+    { ngx_string("messages page (unread)"),
+      NGX_AHAVA_MESSAGES_PAGE_SQL("m.\"recipientId\" = $2 AND NOT m.\"isRead\""),
+      5, 0, "" },
 
     /* GET /api/messages/visit/:id/participants: patient, nurse, doctor */
     { ngx_string("messages participants"),
@@ -357,11 +389,12 @@ ngx_ahava_message_send(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    u_char    *msg, *p, *body;
-    char      *to[2];
-    size_t     len;
-    json_t    *content;
-    PGresult  *res;
+    u_char           *msg, *p, *body;
+    char             *to[2];
+    size_t            len;
+    json_t           *content;
+    PGresult         *res;
+    ngx_ahava_col_t   cols[NGX_AHAVA_MESSAGE_SENT_COLS + 1];
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: message sent");
@@ -381,7 +414,7 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "Visit not found", NULL);
     }
 
-    if (PQgetisnull(res, 0, 1) || PQgetlength(res, 0, 1) < 3) {
+    if (PQgetisnull(res, 0, 1)) {
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
                    ngx_ahava_detail(NULL, "recipientId", "must be another "
@@ -389,14 +422,17 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     }
 
     /* what was sent is what was encrypted: no need to decrypt it back */
-    content = json_object_get(ctx->body, "content");
-    len = PQgetlength(res, 0, 1);
+    ngx_memcpy(cols, ngx_ahava_message_cols, sizeof(cols));
+    cols[NGX_AHAVA_MESSAGE_SENT_COLS].name = NULL;
 
-    body = ngx_pnalloc(r->pool, sizeof("{\"success\":true,\"data\":}") + len
-                                + sizeof(",\"content\":")
-                                + ngx_ahava_json_string_size(
-                                      (u_char *) json_string_value(content),
-                                      json_string_length(content)));
+    content = json_object_get(ctx->body, "content");
+
+    len = sizeof("{\"success\":true,\"data\":}") + sizeof(",\"content\":")
+          + ngx_ahava_row_size(res, 0, 1, cols)
+          + ngx_ahava_json_string_size((u_char *) json_string_value(content),
+                                       json_string_length(content));
+
+    body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
@@ -404,7 +440,12 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     p = ngx_cpymem(body, "{\"success\":true,\"data\":",
                    sizeof("{\"success\":true,\"data\":") - 1);
     msg = p;
-    p = ngx_cpymem(p, PQgetvalue(res, 0, 1), len - 1);
+
+    p = ngx_ahava_row_write(r, p, res, 0, 1, cols, NGX_AHAVA_ROW_OPEN);
+    if (p == NULL) {
+        return ngx_ahava_fail(r, ctx);
+    }
+
     p = ngx_cpymem(p, ",\"content\":", sizeof(",\"content\":") - 1);
     p = ngx_ahava_json_string_write(p, (u_char *) json_string_value(content),
                                     json_string_length(content));
@@ -430,16 +471,16 @@ ngx_ahava_messages_page(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
     ngx_ahava_pg_query_t  *q;
 
-    q = ngx_ahava_messages_query(r, ctx, NGX_AHAVA_MESSAGES_PAGE);
+    q = ngx_ahava_messages_query(r, ctx, ctx->args[2]
+                                         ? NGX_AHAVA_MESSAGES_PAGE_UNREAD
+                                         : NGX_AHAVA_MESSAGES_PAGE);
 
     if (q == NULL
-        || ngx_ahava_param_uint(r, q, 4, ctx->args[0]) != NGX_OK
-        || ngx_ahava_param_uint(r, q, 5, ctx->args[1]) != NGX_OK)
+        || ngx_ahava_param_uint(r, q, 3, ctx->args[0]) != NGX_OK
+        || ngx_ahava_param_uint(r, q, 4, ctx->args[1]) != NGX_OK)
     {
         return ngx_ahava_fail(r, ctx);
     }
-
-    q->values[3] = ctx->args[2] ? "t" : "f";
 
     return ngx_ahava_query(r, ctx, q, ngx_ahava_messages_paged);
 }
@@ -472,12 +513,17 @@ ngx_ahava_messages_paged(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "Visit not found", NULL);
     }
 
+    /* an empty page is one row of NULLs after the counts */
+    if (PQgetisnull(res, 0, 2)) {
+        n = 0;
+    }
+
     len = sizeof("{\"success\":true,\"data\":[],\"meta\":{\"limit\":,"
                  "\"offset\":,\"total\":}}")
           + 3 * NGX_INT_T_LEN;
 
     for (row = 0; row < n; row++) {
-        len += ngx_ahava_splice_size(res, row, 2, 3) + 1;
+        len += ngx_ahava_row_size(res, row, 2, ngx_ahava_message_cols) + 1;
     }
 
     body = ngx_pnalloc(r->pool, len);
@@ -488,13 +534,12 @@ ngx_ahava_messages_paged(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     p = ngx_cpymem(body, "{\"success\":true,\"data\":[",
                    sizeof("{\"success\":true,\"data\":[") - 1);
 
-    /* an empty page is one row without a message */
-    for (row = 0; row < n && !PQgetisnull(res, row, 2); row++) {
+    for (row = 0; row < n; row++) {
         if (row) {
             *p++ = ',';
         }
 
-        p = ngx_ahava_splice(r, p, res, row, 2, 3, "content", "contentError");
+        p = ngx_ahava_row_write(r, p, res, row, 2, ngx_ahava_message_cols, 0);
         if (p == NULL) {
             return ngx_ahava_fail(r, ctx);
         }

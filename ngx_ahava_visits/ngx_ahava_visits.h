@@ -15,9 +15,13 @@
 /* the sortBy values of GET /api/visits, in the order of the variants */
 #define NGX_AHAVA_VISITS_SORTS      4
 
-/* the list: a statement per role filter × sortBy × sortOrder */
+/* the list: a statement per role filter × status filter × sortBy ×
+ * sortOrder; role 0 is PATIENT */
 #define NGX_AHAVA_VISITS_NLIST                                               \
-    ((NGX_AHAVA_NROLES - 1) * NGX_AHAVA_VISITS_SORTS * 2)
+    ((NGX_AHAVA_NROLES - 1) * 2 * NGX_AHAVA_VISITS_SORTS * 2)
+
+#define NGX_AHAVA_VISITS_LIST_INDEX(role, status, sort, desc)                \
+    ((((role) * 2 + (status)) * NGX_AHAVA_VISITS_SORTS + (sort)) * 2 + (desc))
 
 
 typedef enum {
@@ -35,25 +39,26 @@ typedef enum {
 
 /*
  * The columns of a mutation's result row (the shared shape of every
- * mutation statement, see NGX_AHAVA_VISIT_MUTATION).
+ * mutation statement, see NGX_AHAVA_VISIT_MUTATION), then the visit after
+ * it, as the list shows it, with its GPS history and report
  */
 typedef enum {
     NGX_AHAVA_MUT_VISIBLE = 0,      /* 1: the caller may see the visit */
     NGX_AHAVA_MUT_PERMITTED,        /* t: the caller's role may do it */
     NGX_AHAVA_MUT_TARGET_OK,        /* t: the assignee is fine */
-    NGX_AHAVA_MUT_VISIT,            /* the visit after, JSON; NULL: 409 */
-    NGX_AHAVA_MUT_REPORT,           /* its nurseReport ciphertext */
     NGX_AHAVA_MUT_PREVIOUS,         /* the status before */
-    NGX_AHAVA_MUT_PATIENT,          /* participants after, then before */
-    NGX_AHAVA_MUT_NURSE,
-    NGX_AHAVA_MUT_DOCTOR,
-    NGX_AHAVA_MUT_OLD_NURSE,
+    NGX_AHAVA_MUT_OLD_NURSE,        /* the nurse and doctor before */
     NGX_AHAVA_MUT_OLD_DOCTOR,
-    NGX_AHAVA_MUT_EVENT             /* the event's data, JSON */
+    NGX_AHAVA_MUT_EVENT,            /* the event's data, JSON */
+    NGX_AHAVA_MUT_VISIT,            /* its id; NULL: not changed (409) */
+    NGX_AHAVA_MUT_PATIENT = NGX_AHAVA_MUT_VISIT + 3,  /* participants after */
+    NGX_AHAVA_MUT_NURSE,
+    NGX_AHAVA_MUT_DOCTOR
 } ngx_ahava_visits_col_e;
 
 
 extern ngx_ahava_stmt_t  ngx_ahava_visits_stmts[];
+extern ngx_ahava_col_t   ngx_ahava_visit_cols[];
 extern ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[];
 extern const char       *ngx_ahava_visit_statuses[];
 

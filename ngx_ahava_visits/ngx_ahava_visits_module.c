@@ -26,6 +26,27 @@ const char  *ngx_ahava_visit_statuses[] = {
     "CANCELLED", NULL
 };
 
+/* a visit as the list and the mutations show it, from its columns */
+ngx_ahava_col_t  ngx_ahava_visit_cols[] = {
+    { "id", NGX_AHAVA_COL_STRING, NULL },
+    { "bookingId", NGX_AHAVA_COL_STRING, NULL },
+    { "status", NGX_AHAVA_COL_STRING, NULL },
+    { "patientId", NGX_AHAVA_COL_STRING, NULL },
+    { "nurseId", NGX_AHAVA_COL_STRING, NULL },
+    { "doctorId", NGX_AHAVA_COL_STRING, NULL },
+    { "scheduledStart", NGX_AHAVA_COL_TIME, NULL },
+    { "actualStart", NGX_AHAVA_COL_TIME, NULL },
+    { "actualEnd", NGX_AHAVA_COL_TIME, NULL },
+    { "doctorReview", NGX_AHAVA_COL_STRING, NULL },
+    { "doctorRating", NGX_AHAVA_COL_RAW, NULL },
+    { "createdAt", NGX_AHAVA_COL_TIME, NULL },
+    { "updatedAt", NGX_AHAVA_COL_TIME, NULL },
+    { "patient", NGX_AHAVA_COL_PERSON, NULL },
+    { "nurse", NGX_AHAVA_COL_PERSON, NULL },
+    { "doctor", NGX_AHAVA_COL_PERSON, NULL },
+    { NULL, 0, NULL }
+};
+
 static const char  *ngx_ahava_visits_sort_by[] = {
     "createdAt", "scheduledStart", "updatedAt", "status", NULL
 };
@@ -153,17 +174,17 @@ ngx_ahava_visits_list(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: visits list");
 
-    /* the variant of the caller's role, sortBy and sortOrder */
-    i = ((ctx->user.role - 1) * NGX_AHAVA_VISITS_SORTS
-         + ctx->args[NGX_AHAVA_ARG_SORT_BY]) * 2
-        + (ctx->args[NGX_AHAVA_ARG_SORT_ORDER] == 0);
+    status = ctx->args[NGX_AHAVA_ARG_STATUS];
+
+    /* the variant of the caller's role, status filter, sortBy, sortOrder */
+    i = NGX_AHAVA_VISITS_LIST_INDEX(ctx->user.role - 1, status >= 0,
+                                    ctx->args[NGX_AHAVA_ARG_SORT_BY],
+                                    ctx->args[NGX_AHAVA_ARG_SORT_ORDER] == 0);
 
     q = ngx_ahava_query_create(r, &ngx_ahava_visits_list_stmts[i]);
     if (q == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
-
-    status = ctx->args[NGX_AHAVA_ARG_STATUS];
 
     q->values[0] = (char *) ctx->user.id;
     q->values[1] = (status >= 0) ? (char *) ngx_ahava_visit_statuses[status]
@@ -184,6 +205,7 @@ ngx_ahava_visits_list(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_visits_listed(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
+    int        row, n;
     u_char    *body, *p;
     size_t     len;
     PGresult  *res;
@@ -196,28 +218,47 @@ ngx_ahava_visits_listed(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     }
 
     res = ctx->query->result;
+    n = PQntuples(res);
 
-    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 1)) {
+    if (n == 0) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ahava: unexpected visits list result");
         return ngx_ahava_fail(r, ctx);
     }
 
-    /* PostgreSQL wrote the items' JSON: spliced into the envelope */
-    len = sizeof("{\"success\":true,\"data\":,\"meta\":{\"limit\":,"
-                 "\"offset\":,\"total\":}}") - 1
-          + PQgetlength(res, 0, 1) + 2 * NGX_INT_T_LEN
-          + PQgetlength(res, 0, 0);
+    /* an empty page is one row of NULLs after the total */
+    if (PQgetisnull(res, 0, 1)) {
+        n = 0;
+    }
+
+    len = sizeof("{\"success\":true,\"data\":[],\"meta\":{\"limit\":,"
+                 "\"offset\":,\"total\":}}")
+          + 2 * NGX_INT_T_LEN + PQgetlength(res, 0, 0);
+
+    for (row = 0; row < n; row++) {
+        len += ngx_ahava_row_size(res, row, 1, ngx_ahava_visit_cols) + 1;
+    }
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
 
-    p = ngx_cpymem(body, "{\"success\":true,\"data\":",
-                   sizeof("{\"success\":true,\"data\":") - 1);
-    p = ngx_ahava_pg_copy(p, res, 0, 1);
-    p = ngx_sprintf(p, ",\"meta\":{\"limit\":%i,\"offset\":%i,\"total\":",
+    p = ngx_cpymem(body, "{\"success\":true,\"data\":[",
+                   sizeof("{\"success\":true,\"data\":[") - 1);
+
+    for (row = 0; row < n; row++) {
+        if (row) {
+            *p++ = ',';
+        }
+
+        p = ngx_ahava_row_write(r, p, res, row, 1, ngx_ahava_visit_cols, 0);
+        if (p == NULL) {
+            return ngx_ahava_fail(r, ctx);
+        }
+    }
+
+    p = ngx_sprintf(p, "],\"meta\":{\"limit\":%i,\"offset\":%i,\"total\":",
                     ctx->args[NGX_AHAVA_ARG_LIMIT],
                     ctx->args[NGX_AHAVA_ARG_OFFSET]);
     p = ngx_ahava_pg_copy(p, res, 0, 0);

@@ -33,26 +33,44 @@
     " 'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
 
 /*
- * GET /api/visits: one template, a statement per role filter, sortBy and
- * sortOrder (made once at configuration time), so that each one has the
- * plan of its index: (nurseId, createdAt), (doctorId, createdAt), the
- * patient's bookings, createdAt.  $1 caller, $2 status or NULL, $3 limit,
- * $4 offset.  One row: the exact total, the page as a JSON array.
+ * The visit v, its booking b and its people p, n, d as plain columns, in
+ * the order of ngx_ahava_visit_cols (nginx writes the JSON: PostgreSQL's
+ * own JSON building costs it more than the query itself)
+ */
+#define NGX_AHAVA_VISIT_COLUMNS                                              \
+    "v.id, v.\"bookingId\", v.status, b.\"patientId\", v.\"nurseId\","        \
+    " v.\"doctorId\", v.\"scheduledStart\", v.\"actualStart\","               \
+    " v.\"actualEnd\", v.\"doctorReview\", v.\"doctorRating\","               \
+    " v.\"createdAt\", v.\"updatedAt\","                                      \
+    " p.id, p.\"firstName\", p.\"lastName\", n.id, n.\"firstName\","           \
+    " n.\"lastName\", d.id, d.\"firstName\", d.\"lastName\""
+
+#define NGX_AHAVA_VISIT_PEOPLE                                               \
+    " LEFT JOIN users p ON p.id = b.\"patientId\""                           \
+    " LEFT JOIN users n ON n.id = v.\"nurseId\""                             \
+    " LEFT JOIN users d ON d.id = v.\"doctorId\""
+
+
+/*
+ * GET /api/visits: one template, a statement per role filter, status
+ * filter or none, sortBy and sortOrder (made once at configuration time),
+ * so that each one has the plan of its index: (nurseId, createdAt),
+ * (doctorId, createdAt), the patient's bookings, createdAt; and the exact
+ * total an index-only count.  $1 caller, $2 status (unused without),
+ * $3 limit, $4 offset.  Rows: the total, then a visit's columns (one row
+ * of NULLs when the page is empty).
  */
 
 #define NGX_AHAVA_VISITS_LIST                                                \
-    "SELECT (SELECT count(*) FROM %s WHERE %s"                               \
-    " AND ($2::text IS NULL OR v.status = $2::text::\"VisitStatus\")),"      \
-    " (SELECT coalesce(json_agg(json_build_object(" NGX_AHAVA_VISIT_FIELDS   \
-    ") ORDER BY v.%s %s, v.id %s), '[]')"                                    \
-    " FROM (SELECT v.id FROM %s WHERE %s"                                    \
-    " AND ($2::text IS NULL OR v.status = $2::text::\"VisitStatus\")"        \
-    " ORDER BY v.%s %s, v.id %s LIMIT $3::int OFFSET $4::int) page"          \
-    " JOIN (SELECT v.*, b.\"patientId\" FROM visits v"                       \
-    " JOIN bookings b ON b.id = v.\"bookingId\") v ON v.id = page.id)"
+    "SELECT t.total, v.* FROM (SELECT count(*) AS total FROM %s"            \
+    " WHERE %s AND %s) t LEFT JOIN LATERAL (SELECT "                         \
+    NGX_AHAVA_VISIT_COLUMNS " FROM visits v"                                 \
+    " JOIN bookings b ON b.id = v.\"bookingId\"" NGX_AHAVA_VISIT_PEOPLE       \
+    " WHERE %s AND %s ORDER BY v.%s %s, v.id %s"                             \
+    " LIMIT $3::int OFFSET $4::int) v ON true"
 
 /* by role: PATIENT, NURSE, DOCTOR, ADMIN (SPEC §5: role-filtered) */
-static const char  *ngx_ahava_visits_from[] = {
+static const char  *ngx_ahava_visits_count_from[] = {
     "visits v JOIN bookings b ON b.id = v.\"bookingId\"",
     "visits v", "visits v", "visits v"
 };
@@ -64,6 +82,11 @@ static const char  *ngx_ahava_visits_filter[] = {
 
 static const char  *ngx_ahava_visits_role[] = {
     "patient", "nurse", "doctor", "admin"
+};
+
+/* without and with ?status= */
+static const char  *ngx_ahava_visits_status[] = {
+    "$2::text IS NULL", "v.status = $2::text::\"VisitStatus\""
 };
 
 /* the sortBy values, in the route's order; status sorts as the enum */
@@ -94,19 +117,17 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " upd AS (UPDATE visits v SET " set ","                                  \
     " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
     " AND " who("v") " AND " when " AND " target                             \
-    " RETURNING v.*, ok.\"patientId\")" extra                                \
+    " RETURNING v.*)" extra                                                  \
     " SELECT (SELECT count(*) FROM ok),"                                     \
     " coalesce((SELECT " who("ok") " FROM ok), false), " target ","          \
-    " (SELECT json_build_object(" NGX_AHAVA_VISIT_FIELDS ","                 \
-    " 'gpsCoordinates', coalesce(v.\"gpsCoordinates\", '[]'::jsonb))::text"  \
-    " FROM upd v),"                                                          \
-    " (SELECT \"nurseReport\" FROM upd),"                                    \
     " (SELECT status::text FROM ok),"                                        \
-    " (SELECT \"patientId\" FROM ok),"                                       \
-    " (SELECT \"nurseId\" FROM upd), (SELECT \"doctorId\" FROM upd),"        \
     " (SELECT \"nurseId\" FROM ok), (SELECT \"doctorId\" FROM ok),"          \
     " (SELECT json_build_object('visitId', upd.id, " event ")::text"         \
-    " FROM upd, ok)"
+    " FROM upd, ok), after.*"                                                \
+    " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_VISIT_COLUMNS ","     \
+    " coalesce(v.\"gpsCoordinates\", '[]'::jsonb), v.\"nurseReport\""        \
+    " FROM upd v JOIN bookings b ON b.id = v.\"bookingId\""                   \
+    NGX_AHAVA_VISIT_PEOPLE ") after ON true"
 
 /* who may: by role ($3), over the visit row t */
 #define NGX_AHAVA_ADMIN(t)         "($3::text = 'ADMIN')"
@@ -286,40 +307,44 @@ ngx_ahava_visits_declare(ngx_conf_t *cf)
 {
     u_char            *sql, *name;
     size_t             len;
-    ngx_uint_t         role, sort, desc, i;
+    ngx_uint_t         role, status, sort, desc, i;
     const char        *dir;
     ngx_ahava_stmt_t  *st;
 
     len = sizeof(NGX_AHAVA_VISITS_LIST) + 512;
 
     for (role = 0; role < NGX_AHAVA_NROLES - 1; role++) {
-        for (sort = 0; sort < NGX_AHAVA_VISITS_SORTS; sort++) {
-            for (desc = 0; desc < 2; desc++) {
-                i = (role * NGX_AHAVA_VISITS_SORTS + sort) * 2 + desc;
-                st = &ngx_ahava_visits_list_stmts[i];
-                dir = desc ? "DESC" : "ASC";
+        for (status = 0; status < 2; status++) {
+            for (sort = 0; sort < NGX_AHAVA_VISITS_SORTS; sort++) {
+                for (desc = 0; desc < 2; desc++) {
+                    i = NGX_AHAVA_VISITS_LIST_INDEX(role, status, sort, desc);
+                    st = &ngx_ahava_visits_list_stmts[i];
+                    dir = desc ? "DESC" : "ASC";
 
-                sql = ngx_pnalloc(cf->pool, len);
-                name = ngx_pnalloc(cf->pool, 64);
-                if (sql == NULL || name == NULL) {
-                    return NGX_ERROR;
+                    sql = ngx_pnalloc(cf->pool, len);
+                    name = ngx_pnalloc(cf->pool, 64);
+                    if (sql == NULL || name == NULL) {
+                        return NGX_ERROR;
+                    }
+
+                    ngx_snprintf(sql, len - 1, NGX_AHAVA_VISITS_LIST "%Z",
+                                 ngx_ahava_visits_count_from[role],
+                                 ngx_ahava_visits_filter[role],
+                                 ngx_ahava_visits_status[status],
+                                 ngx_ahava_visits_filter[role],
+                                 ngx_ahava_visits_status[status],
+                                 ngx_ahava_visits_sort[sort], dir, dir);
+
+                    st->name.data = name;
+                    st->name.len = ngx_sprintf(name,
+                                       "visits list (%s%s, %s %s)",
+                                       ngx_ahava_visits_role[role],
+                                       status ? ", status" : "",
+                                       ngx_ahava_visits_sort[sort], dir)
+                                   - name;
+                    st->sql = (char *) sql;
+                    st->nparams = 4;
                 }
-
-                ngx_snprintf(sql, len - 1, NGX_AHAVA_VISITS_LIST "%Z",
-                             ngx_ahava_visits_from[role],
-                             ngx_ahava_visits_filter[role],
-                             ngx_ahava_visits_sort[sort], dir, dir,
-                             ngx_ahava_visits_from[role],
-                             ngx_ahava_visits_filter[role],
-                             ngx_ahava_visits_sort[sort], dir, dir);
-
-                st->name.data = name;
-                st->name.len = ngx_sprintf(name, "visits list (%s, %s %s)",
-                                           ngx_ahava_visits_role[role],
-                                           ngx_ahava_visits_sort[sort], dir)
-                               - name;
-                st->sql = (char *) sql;
-                st->nparams = 4;
             }
         }
     }

@@ -26,6 +26,7 @@ static ngx_ahava_pg_query_t *ngx_ahava_visit_query(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx, ngx_ahava_visits_stmt_e stmt);
 static ngx_ahava_rc_e ngx_ahava_visit_mutated(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
+static char *ngx_ahava_visit_column(PGresult *res, int col);
 static ngx_int_t ngx_ahava_visit_number(ngx_http_request_t *r,
     ngx_ahava_pg_query_t *q, ngx_uint_t i, json_t *v);
 static ngx_int_t ngx_ahava_visit_audit_id(ngx_http_request_t *r,
@@ -43,6 +44,14 @@ static ngx_ahava_visit_mutation_t  ngx_ahava_visit_mutations[] = {
       "nurseId" },
     { NGX_AHAVA_VISIT_ASSIGN_DOCTOR, "DOCTOR_ASSIGNED", "DOCTOR_ASSIGNED",
       "doctorId" }
+};
+
+
+/* what a mutation's answer shows beyond the visit as the list shows it */
+static ngx_ahava_col_t  ngx_ahava_visit_more_cols[] = {
+    { "gpsCoordinates", NGX_AHAVA_COL_RAW, NULL },
+    { "nurseReport", NGX_AHAVA_COL_DECRYPT, "nurseReportError" },
+    { NULL, 0, NULL }
 };
 
 
@@ -312,7 +321,7 @@ ngx_ahava_visit_query(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
 static ngx_ahava_rc_e
 ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    int                          i;
+    int                          more;
     u_char                      *body, *p, msg[128];
     char                        *to[5];
     size_t                       len;
@@ -372,19 +381,23 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     }
 
     /* committed: the participants are told, the actor excepted */
-    for (i = 0; i < 5; i++) {
-        to[i] = PQgetisnull(res, 0, NGX_AHAVA_MUT_PATIENT + i)
-                ? NULL : PQgetvalue(res, 0, NGX_AHAVA_MUT_PATIENT + i);
-    }
+    to[0] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_PATIENT);
+    to[1] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_NURSE);
+    to[2] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_DOCTOR);
+    to[3] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_OLD_NURSE);
+    to[4] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_OLD_DOCTOR);
 
     (void) ngx_ahava_publish(r, ctx, m->event,
                              (u_char *) PQgetvalue(res, 0, NGX_AHAVA_MUT_EVENT),
                              PQgetlength(res, 0, NGX_AHAVA_MUT_EVENT), to, 5,
                              0);
 
+    more = NGX_AHAVA_MUT_VISIT + ngx_ahava_row_ncols(ngx_ahava_visit_cols);
+
     len = sizeof("{\"success\":true,\"data\":}")
-          + ngx_ahava_splice_size(res, 0, NGX_AHAVA_MUT_VISIT,
-                                  NGX_AHAVA_MUT_REPORT);
+          + ngx_ahava_row_size(res, 0, NGX_AHAVA_MUT_VISIT,
+                               ngx_ahava_visit_cols)
+          + ngx_ahava_row_size(res, 0, more, ngx_ahava_visit_more_cols);
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -393,9 +406,13 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     p = ngx_cpymem(body, "{\"success\":true,\"data\":",
                    sizeof("{\"success\":true,\"data\":") - 1);
-    p = ngx_ahava_splice(r, p, res, 0, NGX_AHAVA_MUT_VISIT,
-                         NGX_AHAVA_MUT_REPORT, "nurseReport",
-                         "nurseReportError");
+    p = ngx_ahava_row_write(r, p, res, 0, NGX_AHAVA_MUT_VISIT,
+                            ngx_ahava_visit_cols, NGX_AHAVA_ROW_OPEN);
+    if (p) {
+        p = ngx_ahava_row_write(r, p, res, 0, more, ngx_ahava_visit_more_cols,
+                                NGX_AHAVA_ROW_MORE);
+    }
+
     if (p == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
@@ -403,6 +420,13 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     *p++ = '}';
 
     return ngx_ahava_answer_text(r, ctx, NGX_HTTP_OK, body, p - body);
+}
+
+
+static char *
+ngx_ahava_visit_column(PGresult *res, int col)
+{
+    return PQgetisnull(res, 0, col) ? NULL : PQgetvalue(res, 0, col);
 }
 
 
