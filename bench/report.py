@@ -1,47 +1,62 @@
-"""Prints the bench table (markdown) from wrk and pgbench outputs."""
-import glob
+#!/usr/bin/env python3
+"""The side-by-side tables of bench/side-by-side as Markdown: the product
+and the Express peer per endpoint with their ratio, the ceiling of each
+read endpoint with the product's share of it, and what the list statement
+costs with the size of the set.
+
+    report.py sbs.txt ceilings.tsv costs.tsv "machine"
+"""
+
 import re
 import sys
 
-d, conns, secs, workers, pool = sys.argv[1:6]
+
+def tables(path):
+    """{'product': {endpoint: (rps, p50, p90, p99)}, 'express': {...}}"""
+    out, cur = {}, None
+    for line in open(path, encoding='utf-8'):
+        if line.startswith('== product'):
+            cur = out.setdefault('product', {})
+        elif line.startswith('== Express'):
+            cur = out.setdefault('express', {})
+        elif cur is not None:
+            m = re.match(r'^(GET|POST) (.+?)\s{2,}(\d+)\s+([\d.]+)\s+([\d.]+)\s+'
+                         r'([\d.]+)\s+[\d.]+\s+(\d+)\s+(\d+)\s*$', line)
+            if m:
+                name = f'{m.group(1)} {m.group(2)}'
+                cur[name] = (int(m.group(3)), float(m.group(4)),
+                             float(m.group(5)), float(m.group(6)),
+                             int(m.group(7)) + int(m.group(8)))
+    return out
 
 
-def wrk(name):
-    t = open("%s/%s.wrk" % (d, name)).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    v, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", t).groups()
-    p99 = float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-    return rps, p99, int(errs.group(1)) if errs else 0
+def main():
+    sbs, ceil_path, costs_path, machine = sys.argv[1:5]
+    t = tables(sbs)
+    ceilings = {}
+    for line in open(ceil_path, encoding='utf-8'):
+        name, tps, lat = line.rstrip('\n').split('\t')
+        ceilings[name] = (int(tps), float(lat))
+
+    print(f'Machine: {machine}; wrk -t2 -c64, everything on the same cores.\n')
+    print('| endpoint | product req/s | Express req/s | ratio | product p99 ms '
+          '| Express p99 ms | ceiling tps | share of ceiling | errors |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for name, (rps, _p50, _p90, p99, bad) in t.get('product', {}).items():
+        e = t.get('express', {}).get(name)
+        c = ceilings.get(name)
+        print(f'| {name} | {rps} | {e[0] if e else "-"} | '
+              f'{rps / e[0]:.2f} | {p99:.1f} | {e[3] if e else "-"} | '
+              f'{c[0] if c else ""} | {f"{100 * rps / c[0]:.0f} %" if c else ""} | '
+              f'{bad} |' if e else f'| {name} | {rps} | - | - | {p99} | - | | | {bad} |')
+
+    print('\nThe list statement (generic plan, EXPLAIN ANALYZE execution time, ms):\n')
+    print('| visits | role | ms |')
+    print('|---:|---|---:|')
+    for line in open(costs_path, encoding='utf-8'):
+        parts = line.rstrip('\n').split('\t')
+        if len(parts) == 3:
+            print(f'| {parts[0]} | {parts[1]} | {parts[2]} |')
 
 
-def pgbench(name):
-    t = open("%s/%s.pgbench" % (d, name)).read()
-    tps = float(re.search(r"tps = ([\d.]+) \(without initial", t).group(1))
-    lat = []
-    for f in glob.glob("%s/pgb_%s*" % (d, name)):
-        for line in open(f):
-            lat.append(int(line.split()[2]))
-    lat.sort()
-    p99 = lat[int(len(lat) * 0.99)] / 1000.0 if lat else float("nan")
-    return tps, p99
-
-
-ceil = wrk("ceiling")
-print("| measurement | requests/s | p99 ms | ratio to lower ceiling |")
-print("|---|---:|---:|---:|")
-print("| nginx `return 200` (ceiling 1) | %.0f | %.2f | |" % ceil[:2])
-for name, title in (("list", "GET /api/visits (20 rows, nurse)"),
-                    ("location", "POST /api/visits/:id/location"),
-                    ("msg_send", "POST /api/messages"),
-                    ("msg_list", "GET /api/messages/visit/:id (20 of 100)")):
-    api = wrk(name)
-    pg = pgbench(name)
-    low = min(ceil[0], pg[0])
-    print("| pgbench, same SQL, %s clients (ceiling 2) | %.0f | %.2f | |"
-          % (int(workers) * int(pool), pg[0], pg[1]))
-    print("| **%s** via nginx, %s conns | **%.0f** | %.2f | **%.0f%%**%s |"
-          % (title, conns, api[0], api[1], 100 * api[0] / low,
-             " (%d non-2xx)" % api[2] if api[2] else ""))
-print()
-print("%s s per run, %s workers x pool %s." % (secs, workers, pool))
+main()

@@ -42,6 +42,7 @@
 static u_char *ngx_ahava_b64_encode(u_char *dst, const u_char *src,
     size_t len);
 static int ngx_ahava_b64_value(u_char c);
+static EVP_CIPHER_CTX *ngx_ahava_crypto_ctx(int enc);
 static int ngx_ahava_b64_decode(u_char *dst, const u_char *src, size_t len,
     size_t *dst_len);
 static int ngx_ahava_hex_value(u_char c);
@@ -133,15 +134,14 @@ ngx_ahava_crypto_encrypt(const u_char *key, const u_char *plain, size_t len,
         return -1;
     }
 
-    ctx = EVP_CIPHER_CTX_new();
+    ctx = ngx_ahava_crypto_ctx(1);
     if (ctx == NULL) {
         return -1;
     }
 
     rc = -1;
 
-    if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, NGX_AHAVA_IV_LEN,
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, NGX_AHAVA_IV_LEN,
                                NULL) != 1
         || EVP_EncryptInit_ex(ctx, NULL, NULL, key, iv) != 1)
     {
@@ -194,7 +194,6 @@ done:
 
     /* buf only ever held ciphertext, but it is cheap to be tidy */
     OPENSSL_cleanse(buf, sizeof(buf));
-    EVP_CIPHER_CTX_free(ctx);
 
     return rc;
 }
@@ -326,7 +325,7 @@ ngx_ahava_crypto_open(const u_char *key, const u_char *iv, size_t iv_len,
     u_char           tagbuf[NGX_AHAVA_TAG_LEN];
     u_char           buf[NGX_AHAVA_CHUNK];
 
-    ctx = EVP_CIPHER_CTX_new();
+    ctx = ngx_ahava_crypto_ctx(0);
     if (ctx == NULL) {
         return -1;
     }
@@ -336,8 +335,7 @@ ngx_ahava_crypto_open(const u_char *key, const u_char *iv, size_t iv_len,
     /* EVP_CTRL_AEAD_SET_TAG takes a non-const pointer */
     memcpy(tagbuf, tag, NGX_AHAVA_TAG_LEN);
 
-    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, (int) iv_len,
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, (int) iv_len,
                                NULL) != 1
         || EVP_DecryptInit_ex(ctx, NULL, NULL, key, iv) != 1
         || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, NGX_AHAVA_TAG_LEN,
@@ -386,9 +384,45 @@ ngx_ahava_crypto_open(const u_char *key, const u_char *iv, size_t iv_len,
 
 done:
 
-    EVP_CIPHER_CTX_free(ctx);
-
     return rc;
+}
+
+
+/*
+ * The cipher is fetched once and a context per direction kept for the
+ * process (workers are single-threaded): OpenSSL 3 would otherwise look the
+ * algorithm up, under a lock, and allocate a context for every field.
+ * Each use sets its own IV length, key and IV, and the tag is checked by
+ * EVP_DecryptFinal_ex, so nothing of one use reaches the next.
+ */
+
+static EVP_CIPHER_CTX *
+ngx_ahava_crypto_ctx(int enc)
+{
+    static EVP_CIPHER      *gcm;
+    static EVP_CIPHER_CTX  *ctx[2];
+
+    if (gcm == NULL) {
+        gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (gcm == NULL) {
+            return NULL;
+        }
+    }
+
+    if (ctx[enc] == NULL) {
+        ctx[enc] = EVP_CIPHER_CTX_new();
+        if (ctx[enc] == NULL) {
+            return NULL;
+        }
+
+        if (EVP_CipherInit_ex(ctx[enc], gcm, NULL, NULL, NULL, enc) != 1) {
+            EVP_CIPHER_CTX_free(ctx[enc]);
+            ctx[enc] = NULL;
+            return NULL;
+        }
+    }
+
+    return ctx[enc];
 }
 
 
@@ -451,30 +485,32 @@ ngx_ahava_b64_encode(u_char *dst, const u_char *src, size_t len)
 }
 
 
+/* the value of a base64 character, -1 for any other byte */
+
+static const signed char  ngx_ahava_b64_values[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1
+};
+
+
 static int
 ngx_ahava_b64_value(u_char c)
 {
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-
-    if (c == '+') {
-        return 62;
-    }
-
-    if (c == '/') {
-        return 63;
-    }
-
-    return -1;
+    return ngx_ahava_b64_values[c];
 }
 
 

@@ -33,12 +33,13 @@
     " 'doctor', " NGX_AHAVA_PERSON("v.\"doctorId\"")
 
 /*
- * The visit v, its booking b and its people p, n, d as plain columns, in
+ * The visit v (with its booking's patientId) and its people p, n, d as
+ * plain columns, in
  * the order of ngx_ahava_visit_cols (nginx writes the JSON: PostgreSQL's
  * own JSON building costs it more than the query itself)
  */
 #define NGX_AHAVA_VISIT_COLUMNS                                              \
-    "v.id, v.\"bookingId\", v.status, b.\"patientId\", v.\"nurseId\","        \
+    "v.id, v.\"bookingId\", v.status, v.\"patientId\", v.\"nurseId\","        \
     " v.\"doctorId\", v.\"scheduledStart\", v.\"actualStart\","               \
     " v.\"actualEnd\", v.\"doctorReview\", v.\"doctorRating\","               \
     " v.\"createdAt\", v.\"updatedAt\","                                      \
@@ -46,7 +47,7 @@
     " n.\"lastName\", d.id, d.\"firstName\", d.\"lastName\""
 
 #define NGX_AHAVA_VISIT_PEOPLE                                               \
-    " LEFT JOIN users p ON p.id = b.\"patientId\""                           \
+    " LEFT JOIN users p ON p.id = v.\"patientId\""                           \
     " LEFT JOIN users n ON n.id = v.\"nurseId\""                             \
     " LEFT JOIN users d ON d.id = v.\"doctorId\""
 
@@ -56,7 +57,8 @@
  * filter or none, sortBy and sortOrder (made once at configuration time),
  * so that each one has the plan of its index: (nurseId, createdAt),
  * (doctorId, createdAt), the patient's bookings, createdAt; and the exact
- * total an index-only count.  $1 caller, $2 status (unused without),
+ * total an index-only count.  The page is cut before its people are
+ * looked up.  $1 caller, $2 status (unused without),
  * $3 limit, $4 offset.  Rows: the total, then a visit's columns (one row
  * of NULLs when the page is empty).
  */
@@ -64,10 +66,11 @@
 #define NGX_AHAVA_VISITS_LIST                                                \
     "SELECT t.total, v.* FROM (SELECT count(*) AS total FROM %s"            \
     " WHERE %s AND %s) t LEFT JOIN LATERAL (SELECT "                         \
-    NGX_AHAVA_VISIT_COLUMNS " FROM visits v"                                 \
-    " JOIN bookings b ON b.id = v.\"bookingId\"" NGX_AHAVA_VISIT_PEOPLE       \
+    NGX_AHAVA_VISIT_COLUMNS " FROM (SELECT v.*, b.\"patientId\""             \
+    " FROM visits v JOIN bookings b ON b.id = v.\"bookingId\""               \
     " WHERE %s AND %s ORDER BY v.%s %s, v.id %s"                             \
-    " LIMIT $3::int OFFSET $4::int) v ON true"
+    " LIMIT $3::int OFFSET $4::int) v" NGX_AHAVA_VISIT_PEOPLE                \
+    " ORDER BY v.%s %s, v.id %s) v ON true"
 
 /* by role: PATIENT, NURSE, DOCTOR, ADMIN (SPEC §5: role-filtered) */
 static const char  *ngx_ahava_visits_count_from[] = {
@@ -126,7 +129,8 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " FROM upd, ok), after.*"                                                \
     " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_VISIT_COLUMNS ","     \
     " coalesce(v.\"gpsCoordinates\", '[]'::jsonb), v.\"nurseReport\""        \
-    " FROM upd v JOIN bookings b ON b.id = v.\"bookingId\""                   \
+    " FROM (SELECT upd.*, b.\"patientId\" FROM upd"                         \
+    " JOIN bookings b ON b.id = upd.\"bookingId\") v"                        \
     NGX_AHAVA_VISIT_PEOPLE ") after ON true"
 
 /* who may: by role ($3), over the visit row t */
@@ -333,6 +337,7 @@ ngx_ahava_visits_declare(ngx_conf_t *cf)
                                  ngx_ahava_visits_status[status],
                                  ngx_ahava_visits_filter[role],
                                  ngx_ahava_visits_status[status],
+                                 ngx_ahava_visits_sort[sort], dir, dir,
                                  ngx_ahava_visits_sort[sort], dir, dir);
 
                     st->name.data = name;
