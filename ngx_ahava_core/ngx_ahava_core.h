@@ -155,7 +155,7 @@ typedef struct {
 
 /*
  * A row of a module's route table (SPEC §5, §6): the method(s), the path
- * (":" is an id segment), the query arguments and the JSON body it takes
+ * (":" is an id segment, "*" any other name the step checks itself), the query arguments and the JSON body it takes
  * (NULL: none), and the step that serves it once the caller is known.
  */
 
@@ -169,6 +169,7 @@ struct ngx_ahava_route_s {
     ngx_ahava_step_pt          step;
     const void                *data;            /* the route's own */
     ngx_uint_t                 flags;
+    size_t                     body_max;        /* 0: 64 KiB (SPEC §4) */
 };
 
 
@@ -189,6 +190,8 @@ struct ngx_ahava_ctx_s {
     ngx_ahava_user_t           user;
     json_t                    *body;            /* the validated object */
 
+    ngx_ahava_step_pt         *pipeline;
+    ngx_uint_t                 nsteps;
     ngx_uint_t                 step;            /* position in the pipeline */
     ngx_ahava_step_pt          done;            /* continuation of ASYNC */
     ngx_ahava_pg_query_t      *query;           /* its result, in done */
@@ -200,6 +203,9 @@ struct ngx_ahava_ctx_s {
     size_t                     body_size;
 
     unsigned                   method_ok:1;
+    unsigned                   access:1;        /* an access-phase check */
+    unsigned                   in_phase:1;      /* inside the phase handler */
+    unsigned                   allowed:1;
     unsigned                   body_sync:1;     /* read without waiting */
     unsigned                   body_waiting:1;
 };
@@ -286,6 +292,7 @@ typedef struct {
 
 typedef struct {
     ngx_ahava_route_t         *routes;          /* the location's table */
+    ngx_ahava_route_t         *access_routes;   /* checked, then nginx's */
 } ngx_ahava_loc_conf_t;
 
 
@@ -305,6 +312,9 @@ void ngx_ahava_log_limited(ngx_ahava_log_limit_t *limit, ngx_uint_t level,
 
 /* the request lifecycle and the router (ngx_ahava_request.c) */
 ngx_int_t ngx_ahava_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_ahava_access_handler(ngx_http_request_t *r);
+char *ngx_ahava_conf_set_access(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 void ngx_ahava_resume(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx);
 ngx_ahava_rc_e ngx_ahava_query(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     ngx_ahava_pg_query_t *q, ngx_ahava_step_pt done);
@@ -446,6 +456,8 @@ ngx_int_t ngx_ahava_validate(json_t *body, ngx_ahava_field_t *fields,
 
 /* ids and times (ngx_ahava_id.c) */
 ngx_int_t ngx_ahava_valid_id(u_char *p, size_t len);
+ngx_int_t ngx_ahava_valid_file_name(u_char *name, size_t len);
+ngx_int_t ngx_ahava_upload_url(u_char *url, size_t len, ngx_str_t *stored);
 void ngx_ahava_id_generate(u_char *id);
 u_char *ngx_ahava_iso_time(u_char *buf);
 

@@ -235,6 +235,10 @@ ngx_ahava_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->routes = prev->routes;
     }
 
+    if (conf->access_routes == NULL) {
+        conf->access_routes = prev->access_routes;
+    }
+
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
     if (conf->routes && clcf->handler == ngx_ahava_api_handler) {
@@ -251,11 +255,26 @@ ngx_ahava_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/* the statements of the core itself; the modules declare theirs likewise */
+/*
+ * The statements of the core itself (the modules declare theirs likewise),
+ * and the access-phase handler of the locations nginx serves after a check
+ */
 
 static ngx_int_t
 ngx_ahava_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_ahava_access_handler;
+
     if (ngx_ahava_auth_declare(cf) != NGX_OK
         || ngx_ahava_audit_declare(cf) != NGX_OK
         || ngx_ahava_body_filter_init(cf) != NGX_OK)
@@ -646,6 +665,28 @@ ngx_ahava_conf_set_routes(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     alcf->routes = cmd->post;
     clcf->handler = ngx_ahava_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A location whose content nginx serves (static files) after the check of
+ * a route table: the directive's post field.
+ */
+
+char *
+ngx_ahava_conf_set_access(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_ahava_loc_conf_t  *alcf;
+
+    alcf = ngx_http_conf_get_module_loc_conf(cf, ngx_ahava_core_module);
+
+    if (alcf->access_routes) {
+        return "is duplicate";
+    }
+
+    alcf->access_routes = cmd->post;
 
     return NGX_CONF_OK;
 }

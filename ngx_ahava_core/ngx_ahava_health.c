@@ -18,9 +18,9 @@ ngx_ahava_route_t  ngx_ahava_health_routes[] = {
 
     /* SPEC §1: GET /health, no token */
     { NGX_HTTP_GET, "/health", NULL, NULL, ngx_ahava_health, NULL,
-      NGX_AHAVA_ROUTE_PUBLIC },
+      NGX_AHAVA_ROUTE_PUBLIC, 0 },
 
-    { 0, NULL, NULL, NULL, NULL, NULL, 0 }
+    { 0, NULL, NULL, NULL, NULL, NULL, 0, 0 }
 };
 
 

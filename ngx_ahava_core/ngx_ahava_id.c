@@ -81,6 +81,71 @@ ngx_ahava_id_generate(u_char *id)
 }
 
 
+/*
+ * A stored file's name: <13 digits of ms>-<24 hex>.<1-4 lowercase letters>
+ * (ngx_ahava_upload_module.c makes them); nothing else ever names a file.
+ */
+
+ngx_int_t
+ngx_ahava_valid_file_name(u_char *n, size_t len)
+{
+    size_t  i;
+
+    if (len < 40 || len > 13 + 1 + 24 + 1 + 4) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (i < 13 ? !(n[i] >= '0' && n[i] <= '9')
+            : i == 13 ? n[i] != '-'
+            : i < 38 ? !((n[i] >= '0' && n[i] <= '9')
+                         || (n[i] >= 'a' && n[i] <= 'f'))
+            : i == 38 ? n[i] != '.'
+            : !(n[i] >= 'a' && n[i] <= 'z'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* /uploads/{images|documents}/<name>: its stored path, "images/<name>" */
+
+ngx_int_t
+ngx_ahava_upload_url(u_char *url, size_t len, ngx_str_t *stored)
+{
+    size_t      dir;
+    ngx_uint_t  i;
+
+    static const char  *dirs[] = { "images/", "documents/" };
+
+    if (len < sizeof("/uploads/") - 1
+        || ngx_strncmp(url, "/uploads/", sizeof("/uploads/") - 1) != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    url += sizeof("/uploads/") - 1;
+    len -= sizeof("/uploads/") - 1;
+
+    for (i = 0; i < 2; i++) {
+        dir = ngx_strlen(dirs[i]);
+
+        if (len > dir && ngx_strncmp(url, dirs[i], dir) == 0
+            && ngx_ahava_valid_file_name(url + dir, len - dir) == NGX_OK)
+        {
+            stored->data = url;
+            stored->len = len;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
 /* ISO-8601 UTC with milliseconds, as every answer shows times */
 
 u_char *

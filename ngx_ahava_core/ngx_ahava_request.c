@@ -22,8 +22,8 @@ static ngx_ahava_rc_e ngx_ahava_step_args(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static ngx_ahava_rc_e ngx_ahava_step_serve(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
-static void ngx_ahava_run(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
-    ngx_ahava_rc_e rc);
+static ngx_ahava_rc_e ngx_ahava_run(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx, ngx_ahava_rc_e rc);
 static void ngx_ahava_query_done(ngx_ahava_pg_query_t *q);
 static void ngx_ahava_query_cleanup(void *data);
 static ngx_uint_t ngx_ahava_path_segment(const char *path, ngx_uint_t k,
@@ -56,6 +56,22 @@ static ngx_ahava_step_pt  ngx_ahava_pipeline[] = {
     (sizeof(ngx_ahava_pipeline) / sizeof(ngx_ahava_pipeline[0]))
 
 
+/*
+ * The access check of a location whose content nginx itself serves (the
+ * downloads of /uploads/): path → authenticate → the route's check, whose
+ * NGX_AHAVA_NEXT lets the request on to the content phase.
+ */
+
+static ngx_ahava_step_pt  ngx_ahava_access_pipeline[] = {
+    ngx_ahava_step_match,
+    ngx_ahava_step_auth,
+    ngx_ahava_step_serve
+};
+
+#define NGX_AHAVA_ACCESS_LEN                                                 \
+    (sizeof(ngx_ahava_access_pipeline) / sizeof(ngx_ahava_access_pipeline[0]))
+
+
 ngx_int_t
 ngx_ahava_api_handler(ngx_http_request_t *r)
 {
@@ -74,36 +90,129 @@ ngx_ahava_api_handler(ngx_http_request_t *r)
     /* ours until ngx_ahava_run() finalizes with the answer's own result */
     r->main->count++;
 
+    ctx->pipeline = ngx_ahava_pipeline;
+    ctx->nsteps = NGX_AHAVA_PIPELINE_LEN;
     ctx->step = 0;
-    ngx_ahava_run(r, ctx, ngx_ahava_pipeline[0](r, ctx));
+    (void) ngx_ahava_run(r, ctx, ngx_ahava_pipeline[0](r, ctx));
 
     return NGX_DONE;
 }
 
 
-static void
+/*
+ * An access-phase handler: NGX_OK lets the request on, NGX_DECLINED when
+ * the location has no routes, NGX_AGAIN while a step waits (the phase is
+ * run again once the check is over), NGX_DONE when it answered.
+ */
+
+ngx_int_t
+ngx_ahava_access_handler(ngx_http_request_t *r)
+{
+    ngx_ahava_rc_e         rc;
+    ngx_ahava_ctx_t       *ctx;
+    ngx_ahava_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_ahava_core_module);
+
+    if (alcf->access_routes == NULL || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_ahava_core_module);
+
+    if (ctx) {
+        /* the phase again, once the asynchronous check let it on */
+        return ctx->allowed ? NGX_OK : NGX_AGAIN;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: access check");
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_ahava_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_ahava_core_module);
+
+    /* ours while the check runs; given back before the phases go on */
+    r->main->count++;
+
+    ctx->access = 1;
+    ctx->in_phase = 1;
+    ctx->pipeline = ngx_ahava_access_pipeline;
+    ctx->nsteps = NGX_AHAVA_ACCESS_LEN;
+    ctx->step = 0;
+
+    rc = ngx_ahava_run(r, ctx, ngx_ahava_access_pipeline[0](r, ctx));
+
+    if (rc == NGX_AHAVA_NEXT) {
+        return NGX_OK;
+    }
+
+    if (rc == NGX_AHAVA_ANSWERED) {
+        return NGX_DONE;            /* finalized: r is not touched again */
+    }
+
+    ctx->in_phase = 0;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * Runs the steps from rc on.  What it returns says how it ended: NGX_NEXT
+ * (an access check let the request on), NGX_AHAVA_ANSWERED (the request is
+ * finalized: r may be gone), NGX_AHAVA_ASYNC.
+ */
+
+static ngx_ahava_rc_e
 ngx_ahava_run(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx, ngx_ahava_rc_e rc)
 {
     while (rc == NGX_AHAVA_NEXT) {
 
-        if (++ctx->step == NGX_AHAVA_PIPELINE_LEN) {
+        if (++ctx->step == ctx->nsteps) {
+
+            if (ctx->access) {
+                /* the check let the request on: to nginx's content phase */
+                ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                               "ahava: access allowed");
+
+                ctx->allowed = 1;
+                r->main->count--;
+
+                if (!ctx->in_phase) {
+                    r->write_event_handler = ngx_http_core_run_phases;
+                    ngx_http_core_run_phases(r);
+                }
+
+                return NGX_AHAVA_NEXT;
+            }
+
             ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                           "ahava: the last step went on without answering");
             rc = ngx_ahava_fail(r, ctx);
             break;
         }
 
-        rc = ngx_ahava_pipeline[ctx->step](r, ctx);
+        rc = ctx->pipeline[ctx->step](r, ctx);
     }
 
     if (rc == NGX_AHAVA_ANSWERED) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "ahava: answered, finalizing with %i", ctx->rc);
 
+        if (ctx->access) {
+            /* the reference the check took; the phase does not finalize */
+            r->main->count--;
+        }
+
         ngx_http_finalize_request(r, ctx->rc);
     }
 
     /* NGX_AHAVA_ASYNC: its completion resumes the request */
+
+    return rc;
 }
 
 
@@ -122,7 +231,7 @@ ngx_ahava_resume(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     done = ctx->done;
     ctx->done = NULL;
 
-    ngx_ahava_run(r, ctx, done(r, ctx));
+    (void) ngx_ahava_run(r, ctx, done(r, ctx));
 
     ngx_http_run_posted_requests(c);
 }
@@ -303,13 +412,14 @@ ngx_ahava_step_match(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     ngx_str_t              segs[NGX_AHAVA_MAX_SEGS], ids[NGX_AHAVA_MAX_IDS];
     ngx_str_t              found[NGX_AHAVA_MAX_IDS];
     ngx_uint_t             nsegs, i;
-    ngx_ahava_route_t     *rt, *path;
+    ngx_ahava_route_t     *rt, *path, *routes;
     ngx_ahava_loc_conf_t  *alcf;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: match \"%V\"", &r->uri);
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_ahava_core_module);
+    routes = ctx->access ? alcf->access_routes : alcf->routes;
 
     p = r->uri.data;
     last = p + r->uri.len;
@@ -339,9 +449,9 @@ ngx_ahava_step_match(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     path = NULL;
     ngx_memzero(found, sizeof(found));
 
-    for (rt = alcf->routes; rt->path; rt++) {
+    for (rt = routes; rt->path; rt++) {
 
-        if (!ngx_ahava_match(alcf->routes, rt, segs, nsegs, ids)) {
+        if (!ngx_ahava_match(routes, rt, segs, nsegs, ids)) {
             continue;
         }
 
@@ -396,7 +506,10 @@ ngx_ahava_step_method(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: size and method");
 
-    if (r->headers_in.content_length_n > NGX_AHAVA_BODY_MAX) {
+    if (r->headers_in.content_length_n
+        > (off_t) (ctx->route->body_max ? ctx->route->body_max
+                                        : NGX_AHAVA_BODY_MAX))
+    {
         return ngx_ahava_answer_status(r, ctx,
                                        NGX_HTTP_REQUEST_ENTITY_TOO_LARGE);
     }
@@ -461,6 +574,18 @@ ngx_ahava_match(ngx_ahava_route_t *routes, ngx_ahava_route_t *rt,
             return 0;
         }
 
+        if (seg.len == 1 && seg.data[0] == '*') {
+            /* a name the route's step checks itself (a file name) */
+            if (nids == NGX_AHAVA_MAX_IDS || segs[i].len == 0
+                || segs[i].len > 255)
+            {
+                return 0;
+            }
+
+            ids[nids++] = segs[i];
+            continue;
+        }
+
         if (seg.len == 1 && seg.data[0] == ':') {
             if (nids == NGX_AHAVA_MAX_IDS
                 || ngx_ahava_valid_id(segs[i].data, segs[i].len) != NGX_OK)
@@ -470,7 +595,8 @@ ngx_ahava_match(ngx_ahava_route_t *routes, ngx_ahava_route_t *rt,
 
             for (other = routes; other->path; other++) {
                 if (ngx_ahava_path_segment(other->path, i, &lit)
-                    && !(lit.len == 1 && lit.data[0] == ':')
+                    && !(lit.len == 1
+                         && (lit.data[0] == ':' || lit.data[0] == '*'))
                     && lit.len == segs[i].len
                     && ngx_strncmp(lit.data, segs[i].data, lit.len) == 0)
                 {

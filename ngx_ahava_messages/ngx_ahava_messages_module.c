@@ -64,8 +64,10 @@ static ngx_ahava_col_t  ngx_ahava_message_cols[] = {
     { NULL, 0, NULL }
 };
 
-/* the same without its content, for the one just sent (known in clear) */
-#define NGX_AHAVA_MESSAGE_SENT_COLS  10
+/* the same without its content, for the one just sent (known in clear),
+ * from the send statement's fourth column on */
+#define NGX_AHAVA_MESSAGE_SENT_COLS   10
+#define NGX_AHAVA_MESSAGE_SENT_FIRST  3
 
 
 static ngx_ahava_field_t  ngx_ahava_message_fields[] = {
@@ -98,24 +100,24 @@ static ngx_ahava_arg_t  ngx_ahava_page_args[] = {
 static ngx_ahava_route_t  ngx_ahava_messages_routes[] = {
 
     { NGX_HTTP_POST, "/api/messages", NULL, ngx_ahava_message_fields,
-      ngx_ahava_message_send, NULL, 0 },
+      ngx_ahava_message_send, NULL, 0, 0 },
 
     { NGX_HTTP_GET, "/api/messages/visit/:", ngx_ahava_page_args, NULL,
-      ngx_ahava_messages_page, NULL, 0 },
+      ngx_ahava_messages_page, NULL, 0, 0 },
 
     { NGX_HTTP_GET, "/api/messages/visit/:/participants", NULL, NULL,
-      ngx_ahava_messages_participants, NULL, 0 },
+      ngx_ahava_messages_participants, NULL, 0, 0 },
 
     { NGX_HTTP_GET, "/api/messages/unread/count", NULL, NULL,
-      ngx_ahava_messages_unread, NULL, 0 },
+      ngx_ahava_messages_unread, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/messages/read", NULL, ngx_ahava_read_fields,
-      ngx_ahava_messages_read, NULL, 0 },
+      ngx_ahava_messages_read, NULL, 0, 0 },
 
     { NGX_HTTP_DELETE, "/api/messages/:", NULL, NULL,
-      ngx_ahava_message_delete, NULL, 0 },
+      ngx_ahava_message_delete, NULL, 0, 0 },
 
-    { 0, NULL, NULL, NULL, NULL, NULL, 0 }
+    { 0, NULL, NULL, NULL, NULL, NULL, 0, 0 }
 };
 
 
@@ -157,10 +159,12 @@ enum {
 static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
 
     /* POST /api/messages: sender and recipient distinct participants;
-     * $4 recipient, $5 new id, $6 type, $7 ciphertext, $8 $9 attachment.
-     * One row: the visits seen, the message (content spliced by nginx) */
+     * $4 recipient, $5 new id, $6 type, $7 ciphertext, $8 $9 attachment,
+     * $10 its stored path: an upload of the sender's.  One row: the visits
+     * seen, the uploads named, whether the sender's, the message */
     { ngx_string("message send"),
       "WITH vis AS (" NGX_AHAVA_VISIBLE_VISIT "),"
+      " att AS (SELECT \"ownerId\" FROM uploads WHERE \"storedPath\" = $10),"
       " ins AS (INSERT INTO messages (id, \"visitId\", \"senderId\","
       " \"recipientId\", type, content, \"isRead\", \"attachmentUrl\","
       " \"attachmentType\", \"createdAt\", \"updatedAt\")"
@@ -168,11 +172,14 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
       " $8, $9, LOCALTIMESTAMP(3), LOCALTIMESTAMP(3) FROM vis"
       " WHERE $4 <> $2"
       " AND $4 IN (vis.\"patientId\", vis.\"nurseId\", vis.\"doctorId\")"
+      " AND ($10::text IS NULL"
+      " OR EXISTS (SELECT 1 FROM att WHERE \"ownerId\" = $2))"
       " RETURNING *)"
-      " SELECT (SELECT count(*) FROM vis), m.*"
+      " SELECT (SELECT count(*) FROM vis), (SELECT count(*) FROM att),"
+      " coalesce((SELECT bool_or(\"ownerId\" = $2) FROM att), false), m.*"
       " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_MESSAGE_COLUMNS
       " FROM ins m) m ON true",
-      9, 0, "" },
+      10, 0, "" },
 
     /* GET /api/messages/visit/:id: oldest first; $4 limit, $5 offset.
      * Rows: visible, total, a message's columns (one row of NULLs when the
@@ -326,30 +333,33 @@ static ngx_ahava_rc_e
 ngx_ahava_message_send(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
     u_char                *id;
-    json_t                *body, *v, *type, *content;
+    json_t                *body, *url, *kind, *type, *content;
+    ngx_str_t              stored;
     ngx_ahava_pg_query_t  *q;
 
     body = ctx->body;
+    ngx_str_null(&stored);
 
-    if ((v = json_object_get(body, "attachmentUrl")) != NULL
-        && !json_is_null(v))
-    {
-        /* an attachment must be the sender's upload: there are none yet */
+    url = json_object_get(body, "attachmentUrl");
+    kind = json_object_get(body, "attachmentType");
+
+    if (json_is_string(kind) && !json_is_string(url)) {
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
-                   ngx_ahava_detail(NULL, "attachmentUrl", "attachments are "
-                                    "not accepted yet: uploads are not "
-                                    "available"));
+                   ngx_ahava_detail(NULL, "attachmentType", "goes with an "
+                                    "attachmentUrl"));
     }
 
-    if ((v = json_object_get(body, "attachmentType")) != NULL
-        && !json_is_null(v))
+    /* an attachment is an upload: /uploads/{images|documents}/<name> */
+    if (json_is_string(url)
+        && ngx_ahava_upload_url((u_char *) json_string_value(url),
+                                json_string_length(url), &stored)
+           != NGX_OK)
     {
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
-                   ngx_ahava_detail(NULL, "attachmentType", "attachments "
-                                    "are not accepted yet: uploads are not "
-                                    "available"));
+                   ngx_ahava_detail(NULL, "attachmentUrl", "must be the url "
+                                    "of an upload"));
     }
 
     q = ngx_ahava_messages_query(r, ctx, NGX_AHAVA_MESSAGE_SEND);
@@ -375,10 +385,13 @@ ngx_ahava_message_send(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     q->values[6] = ngx_ahava_encrypt_param(r,
                                       (u_char *) json_string_value(content),
                                       json_string_length(content));
-    q->values[7] = NULL;
-    q->values[8] = NULL;
+    q->values[7] = (char *) json_string_value(url);       /* or NULL */
+    q->values[8] = (char *) json_string_value(kind);
 
-    if (q->values[6] == NULL) {
+    if (q->values[6] == NULL
+        || ngx_ahava_param(r, q, 9, url ? stored.data : NULL, stored.len)
+           != NGX_OK)
+    {
         return ngx_ahava_fail(r, ctx);
     }
 
@@ -414,7 +427,23 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "Visit not found", NULL);
     }
 
-    if (PQgetisnull(res, 0, 1)) {
+    if (ctx->query->values[9] && PQgetvalue(res, 0, 1)[0] == '0') {
+        return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
+                   "VALIDATION_ERROR", "Invalid request body",
+                   ngx_ahava_detail(NULL, "attachmentUrl", "names no upload"));
+    }
+
+    if (ctx->query->values[9] && PQgetvalue(res, 0, 2)[0] != 't') {
+        ngx_ahava_audit(r, ctx, "ACCESS_DENIED", "upload", NULL,
+                        json_pack("{s:s, s:s}", "action", "attach",
+                                  "url", ctx->query->values[7]));
+
+        return ngx_ahava_answer_error(r, ctx, NGX_HTTP_FORBIDDEN, "FORBIDDEN",
+                                      "An attachment must be your own upload",
+                                      NULL);
+    }
+
+    if (PQgetisnull(res, 0, NGX_AHAVA_MESSAGE_SENT_FIRST)) {
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
                    ngx_ahava_detail(NULL, "recipientId", "must be another "
@@ -428,7 +457,7 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     content = json_object_get(ctx->body, "content");
 
     len = sizeof("{\"success\":true,\"data\":}") + sizeof(",\"content\":")
-          + ngx_ahava_row_size(res, 0, 1, cols)
+          + ngx_ahava_row_size(res, 0, NGX_AHAVA_MESSAGE_SENT_FIRST, cols)
           + ngx_ahava_json_string_size((u_char *) json_string_value(content),
                                        json_string_length(content));
 
@@ -441,7 +470,8 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                    sizeof("{\"success\":true,\"data\":") - 1);
     msg = p;
 
-    p = ngx_ahava_row_write(r, p, res, 0, 1, cols, NGX_AHAVA_ROW_OPEN);
+    p = ngx_ahava_row_write(r, p, res, 0, NGX_AHAVA_MESSAGE_SENT_FIRST, cols,
+                            NGX_AHAVA_ROW_OPEN);
     if (p == NULL) {
         return ngx_ahava_fail(r, ctx);
     }

@@ -80,34 +80,34 @@ static ngx_ahava_arg_t  ngx_ahava_visits_list_args[] = {
 static ngx_ahava_route_t  ngx_ahava_visits_routes[] = {
 
     { NGX_HTTP_GET, "/api/visits", ngx_ahava_visits_list_args, NULL,
-      ngx_ahava_visits_list, NULL, 0 },
+      ngx_ahava_visits_list, NULL, 0, 0 },
 
     { NGX_HTTP_GET, "/api/visits/:", NULL, NULL,
-      ngx_ahava_visit_detail, NULL, 0 },
+      ngx_ahava_visit_detail, NULL, 0, 0 },
 
     { NGX_HTTP_PATCH, "/api/visits/:/status", NULL,
-      ngx_ahava_visit_status_fields, ngx_ahava_visit_status, NULL, 0 },
+      ngx_ahava_visit_status_fields, ngx_ahava_visit_status, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/location", NULL,
-      ngx_ahava_visit_location_fields, ngx_ahava_visit_location, NULL, 0 },
+      ngx_ahava_visit_location_fields, ngx_ahava_visit_location, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/nurse-report", NULL,
-      ngx_ahava_visit_report_fields, ngx_ahava_visit_report, NULL, 0 },
+      ngx_ahava_visit_report_fields, ngx_ahava_visit_report, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/doctor-review", NULL,
-      ngx_ahava_visit_review_fields, ngx_ahava_visit_review, NULL, 0 },
+      ngx_ahava_visit_review_fields, ngx_ahava_visit_review, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/cancel", NULL,
-      ngx_ahava_visit_cancel_fields, ngx_ahava_visit_cancel, NULL, 0 },
+      ngx_ahava_visit_cancel_fields, ngx_ahava_visit_cancel, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/assign-nurse", NULL,
-      ngx_ahava_visit_nurse_fields, ngx_ahava_visit_assign_nurse, NULL, 0 },
+      ngx_ahava_visit_nurse_fields, ngx_ahava_visit_assign_nurse, NULL, 0, 0 },
 
     { NGX_HTTP_POST, "/api/visits/:/assign-doctor", NULL,
       ngx_ahava_visit_doctor_fields, ngx_ahava_visit_assign_doctor, NULL,
-      0 },
+      0, 0 },
 
-    { 0, NULL, NULL, NULL, NULL, NULL, 0 }
+    { 0, NULL, NULL, NULL, NULL, NULL, 0, 0 }
 };
 
 

@@ -8,6 +8,7 @@ use Ahava::Test;
 use Ahava::Test::Util qw(slurp spew);
 use MIME::Base64 qw(encode_base64);
 use File::Path qw(make_path);
+use File::Temp ();
 
 setup(services => 0);   # secrets and URLs only: nginx -t connects to nothing
 
@@ -16,7 +17,9 @@ my $example = slurp("$TOP/conf.d/ahava.conf");
 ok($example =~ /\@AHAVA_PORT\@/, 'conf.d/ahava.conf has the @AHAVA_PORT@ placeholder');
 
 my $port = free_port();
+my $datadir = File::Temp::tempdir('ahava-config-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 (my $rendered = $example) =~ s/\@AHAVA_PORT\@/$port/g;
+$rendered =~ s/\@AHAVA_DATA_DIR\@/$datadir/g;
 unlike($rendered, qr/\@[A-Z_]+\@/, 'no placeholder left after rendering');
 
 my %secret = (
@@ -48,6 +51,16 @@ sub no_secrets {
     is($rc, 0, 'nginx -t succeeds with conf.d/ahava.conf rendered') or diag($out);
     like($out, qr/test is successful/, 'nginx -t says the test is successful');
     no_secrets("$out\n$log", 'valid configuration');
+    ok(-d "$datadir/uploads/$_", "the upload directory $_ is made at start")
+        for qw(images documents exports);
+}
+{
+    # an upload root that cannot be one is said at start, not as a 500 later
+    spew("$datadir/not-a-dir", '');
+    (my $conf = $rendered) =~ s{ahava_upload_root\s+\S+;}{ahava_upload_root $datadir/not-a-dir;};
+    my ($rc, $out) = nginx_t(conf => $conf, name => 'badroot');
+    isnt($rc, 0, 'ahava_upload_root naming a file: nginx -t fails');
+    like($out, qr/\[emerg\].*not-a-dir.*is not a directory/, '... saying so');
 }
 
 # the shipped main configuration (conf.d/nginx.conf) around it

@@ -121,7 +121,11 @@ ok(poll_until(5, sub { (() = $n->access_log =~ /" 499 /g) >= 4 }),
 }
 {
     # both connections came back to the pool, healthy: as many concurrent
-    # requests as pool + queue hold all succeed
+    # requests as pool + queue hold all succeed (once the detached query of
+    # an aborted client has drained: it ran on after the COMMIT)
+    ok(poll_until(5, sub { psql_value(q{SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name = 'ahava-nginx'
+            AND state = 'idle'}) == 2 }), '(c) both connections idle again');
     my @again = fire($n, qw(admin patient1 patient2 nurse1));
     Ahava::Test::HTTP::wait_all(\@again, 10);
     my @bad = grep { $_->response->status != 200 } @again;

@@ -136,7 +136,7 @@ refused(post(with(visitId => $V3, recipientId => $ID{doctor})), 'recipient the d
 refused(json_request(POST => '/api/messages', 'admin', with(recipientId => $ID{admin})),
         'an admin writing to itself', 'recipientId');
 
-# --- attachments (SPEC §6: an upload owned by the sender; there are none yet) ------------------
+# --- attachments (SPEC §6: an upload owned by the sender; t/400 has the accepted ones) ---------
 for my $case ([attachmentUrl => '/uploads/images/1700000000000-0123456789abcdef01234567.png'],
               [attachmentUrl => 'https://evil.example/x.exe'],
               [attachmentType => 'image/png'],
@@ -147,7 +147,7 @@ for my $case ([attachmentUrl => '/uploads/images/1700000000000-0123456789abcdef0
     refused($r, "$f \"$v\"");
     my $j = $r->json || {};
     my @msgs = map { $_->{message} // '' } @{ ref $j->{details} eq 'ARRAY' ? $j->{details} : [] };
-    ok((grep { /attachment/i } @msgs), "$f \"$v\": the details say attachments are refused")
+    ok((grep { /upload|attachment/i } @msgs), "$f \"$v\": the details say why")
         or diag($r->raw);
     if ($f eq 'attachmentType') {
         ok((grep { $_ eq 'attachmentType' } details_of($r)), "$f alone: the detail names $f")
