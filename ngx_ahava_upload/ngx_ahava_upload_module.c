@@ -40,6 +40,11 @@
 /* <ms timestamp>-<24 hex>.<ext> */
 #define NGX_AHAVA_NAME_MAX       (13 + 1 + 24 + 1 + 4)
 
+/* the per-worker cache of allowed downloads */
+#define NGX_AHAVA_GRANTS         1024
+#define NGX_AHAVA_GRANT_PATH_MAX (sizeof("documents/") - 1 + NGX_AHAVA_NAME_MAX)
+#define NGX_AHAVA_GRANT_MIME_MAX 96
+
 
 /* abort codes of the parser's callbacks: the answer to give */
 enum {
@@ -50,9 +55,23 @@ enum {
 };
 
 
+/* a download allowed a moment ago: who, what, served as which type */
+typedef struct {
+    ngx_msec_t                 expires;
+    u_char                     user[NGX_AHAVA_ID_MAX_LEN];
+    u_char                     path[NGX_AHAVA_GRANT_PATH_MAX];
+    u_char                     mime[NGX_AHAVA_GRANT_MIME_MAX];
+    u_char                     user_len;
+    u_char                     path_len;
+    u_char                     mime_len;
+} ngx_ahava_download_grant_t;
+
+
 typedef struct {
     ngx_str_t                  root;            /* .../uploads */
     ngx_flag_t                 used;            /* by some location */
+    ngx_msec_t                 grant_ttl;
+    ngx_ahava_download_grant_t  *grants;        /* per worker, bounded */
 } ngx_ahava_upload_main_conf_t;
 
 
@@ -120,6 +139,10 @@ static ngx_ahava_rc_e ngx_ahava_download_check(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static ngx_ahava_rc_e ngx_ahava_download_checked(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
+static ngx_ahava_download_grant_t *ngx_ahava_download_grant(
+    ngx_http_request_t *r, ngx_ahava_ctx_t *ctx, ngx_str_t *path);
+static ngx_ahava_rc_e ngx_ahava_download_allow(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx, u_char *mime, size_t len);
 
 
 static ngx_ahava_upload_endpoint_t  ngx_ahava_upload_image = {
@@ -211,6 +234,13 @@ static ngx_command_t  ngx_ahava_upload_commands[] = {
       0,
       ngx_ahava_download_routes },
 
+    { ngx_string("ahava_download_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_ahava_upload_main_conf_t, grant_ttl),
+      NULL },
+
     { ngx_string("ahava_upload_root"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -256,7 +286,16 @@ ngx_module_t  ngx_ahava_upload_module = {
 static void *
 ngx_ahava_upload_create_main_conf(ngx_conf_t *cf)
 {
-    return ngx_pcalloc(cf->pool, sizeof(ngx_ahava_upload_main_conf_t));
+    ngx_ahava_upload_main_conf_t  *umcf;
+
+    umcf = ngx_pcalloc(cf->pool, sizeof(ngx_ahava_upload_main_conf_t));
+    if (umcf == NULL) {
+        return NULL;
+    }
+
+    umcf->grant_ttl = NGX_CONF_UNSET_MSEC;
+
+    return umcf;
 }
 
 
@@ -275,6 +314,17 @@ ngx_ahava_upload_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (ngx_conf_full_name(cf->cycle, &umcf->root, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(umcf->grant_ttl, 10000);
+
+    if (umcf->grant_ttl) {
+        /* each worker writes its own copy */
+        umcf->grants = ngx_pcalloc(cf->pool, NGX_AHAVA_GRANTS
+                                   * sizeof(ngx_ahava_download_grant_t));
+        if (umcf->grants == NULL) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     return NGX_CONF_OK;
@@ -1027,7 +1077,12 @@ ngx_ahava_upload_cleanup(void *data)
 static ngx_ahava_rc_e
 ngx_ahava_download_check(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    ngx_ahava_pg_query_t  *q;
+    ngx_str_t                    path;
+    ngx_ahava_pg_query_t        *q;
+    ngx_ahava_download_grant_t  *g;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: download check");
 
     if (ngx_ahava_valid_file_name(ctx->ids[0].data, ctx->ids[0].len)
         != NGX_OK)
@@ -1036,17 +1091,27 @@ ngx_ahava_download_check(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "File not found", NULL);
     }
 
+    /* "images/<name>", as stored */
+    path.data = r->uri.data + sizeof("/uploads/") - 1;
+    path.len = r->uri.len - (sizeof("/uploads/") - 1);
+
+    g = ngx_ahava_download_grant(r, ctx, &path);
+
+    if (g && g->path_len && (ngx_msec_int_t) (g->expires - ngx_current_msec) > 0
+        && g->user_len == ctx->user.id_len && g->path_len == path.len
+        && ngx_memcmp(g->user, ctx->user.id, g->user_len) == 0
+        && ngx_memcmp(g->path, path.data, path.len) == 0)
+    {
+        return ngx_ahava_download_allow(r, ctx, g->mime, g->mime_len);
+    }
+
     q = ngx_ahava_query_create(r,
                              &ngx_ahava_upload_stmts[NGX_AHAVA_DOWNLOAD_ALLOWED]);
     if (q == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
 
-    /* "images/<name>", as stored */
-    if (ngx_ahava_param(r, q, 0, r->uri.data + sizeof("/uploads/") - 1,
-                        r->uri.len - (sizeof("/uploads/") - 1))
-        != NGX_OK)
-    {
+    if (ngx_ahava_param(r, q, 0, path.data, path.len) != NGX_OK) {
         return ngx_ahava_fail(r, ctx);
     }
 
@@ -1060,8 +1125,14 @@ ngx_ahava_download_check(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_download_checked(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    size_t            len;
-    ngx_table_elt_t  *h;
+    size_t                         len;
+    u_char                        *mime;
+    ngx_str_t                      path;
+    ngx_ahava_download_grant_t    *g;
+    ngx_ahava_upload_main_conf_t  *umcf;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ahava: download checked");
 
     if (ctx->query->rc != NGX_OK) {
         return ngx_ahava_query_failed(r, ctx);
@@ -1073,16 +1144,71 @@ ngx_ahava_download_checked(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "File not found", NULL);
     }
 
-    /* the type found by content, not whatever the extension maps to */
+    mime = (u_char *) PQgetvalue(ctx->query->result, 0, 0);
     len = PQgetlength(ctx->query->result, 0, 0);
+
+    /* remembered for a while: a grant only, never a refusal */
+    path.data = r->uri.data + sizeof("/uploads/") - 1;
+    path.len = r->uri.len - (sizeof("/uploads/") - 1);
+
+    g = ngx_ahava_download_grant(r, ctx, &path);
+
+    if (g && len <= NGX_AHAVA_GRANT_MIME_MAX
+        && path.len <= NGX_AHAVA_GRANT_PATH_MAX)
+    {
+        umcf = ngx_http_get_module_main_conf(r, ngx_ahava_upload_module);
+
+        g->expires = ngx_current_msec + umcf->grant_ttl;
+        ngx_memcpy(g->user, ctx->user.id, ctx->user.id_len);
+        g->user_len = (u_char) ctx->user.id_len;
+        ngx_memcpy(g->path, path.data, path.len);
+        g->path_len = (u_char) path.len;
+        ngx_memcpy(g->mime, mime, len);
+        g->mime_len = (u_char) len;
+    }
+
+    return ngx_ahava_download_allow(r, ctx, mime, len);
+}
+
+
+/* the slot of (caller, file) in this worker's grants, if they are kept */
+
+static ngx_ahava_download_grant_t *
+ngx_ahava_download_grant(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_str_t *path)
+{
+    uint32_t                       crc;
+    ngx_ahava_upload_main_conf_t  *umcf;
+
+    umcf = ngx_http_get_module_main_conf(r, ngx_ahava_upload_module);
+
+    if (umcf->grants == NULL) {
+        return NULL;
+    }
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, ctx->user.id, ctx->user.id_len);
+    ngx_crc32_update(&crc, path->data, path->len);
+    ngx_crc32_final(crc);
+
+    return &umcf->grants[crc % NGX_AHAVA_GRANTS];
+}
+
+
+/* allowed: served by nginx as the type its content was found to be */
+
+static ngx_ahava_rc_e
+ngx_ahava_download_allow(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    u_char *mime, size_t len)
+{
+    ngx_table_elt_t  *h;
 
     r->headers_out.content_type.data = ngx_pnalloc(r->pool, len);
     if (r->headers_out.content_type.data == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
 
-    ngx_memcpy(r->headers_out.content_type.data,
-               PQgetvalue(ctx->query->result, 0, 0), len);
+    ngx_memcpy(r->headers_out.content_type.data, mime, len);
     r->headers_out.content_type.len = len;
     r->headers_out.content_type_len = len;
 

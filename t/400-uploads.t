@@ -28,6 +28,7 @@ ahava_redis             env:REDIS_URL;
 ahava_jwt_secret        env:JWT_SECRET;
 ahava_encryption_key    env:ENCRYPTION_KEY;
 ahava_upload_root       $TEST_NGINX_DATA/uploads;
+ahava_download_cache_ttl 1s;
 
 server {
     listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
@@ -365,6 +366,19 @@ my $doc = $STORED{pdf}{url};
                           body => $JSON->encode({ visitId => $ID{visit3}, recipientId => $ID{patient1},
                                                   content => 'x', attachmentUrl => 'http://evil/x.png' })),
                  400, 'VALIDATION_ERROR', 'an attachment that is no upload url: 400');
+
+    # a grant is kept a moment per worker (1 s here): the check runs once
+    # for repeated downloads, and a revoked grant ends within the TTL
+    SKIP: {
+        skip 'pg_stat_statements not preloaded', 1 unless reset_statements();
+        response(GET => $doc, as => 'admin') for 1 .. 5;
+        is(statement_calls(like => '%storedPath%', except => 'INSERT'), 1,
+           'five downloads in a row: one check');
+    }
+    my $mid = $m->json && $m->json->{data}{id};
+    api_ok(response(DELETE => "/api/messages/$mid", as => 'nurse1'), 'the message is deleted');
+    ok(poll_until(3, sub { response(GET => $img, as => 'patient1')->status == 404 }),
+       '... and within the grant\'s second its recipient gets 404');
 
     # Range, suffix Range, 304
     my $len = length $FILE{png};
