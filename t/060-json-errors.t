@@ -4,6 +4,7 @@
 use strict;
 use warnings;
 use Test::More;
+use File::Temp ();
 use Ahava::Test;
 use Ahava::Test::Util qw(slurp);
 
@@ -11,6 +12,8 @@ setup();
 
 my $example = slurp(repo_root() . '/conf.d/ahava.conf');
 $example =~ s/\@AHAVA_PORT\@/127.0.0.1:\$TEST_NGINX_SERVER_PORT/g;
+my $datadir = File::Temp::tempdir('ahava-060-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+$example =~ s/\@AHAVA_DATA_DIR\@/$datadir/g;
 my $n = start_nginx($example);
 
 sub raw_request {
