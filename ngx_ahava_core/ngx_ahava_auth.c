@@ -33,6 +33,8 @@ static ngx_ahava_rc_e ngx_ahava_auth_fail(ngx_http_request_t *r,
     const char *reason);
 static ngx_ahava_user_slot_t *ngx_ahava_user_slot(ngx_ahava_main_conf_t *amcf,
     u_char *id, size_t len);
+static ngx_int_t ngx_ahava_auth_ws_carrier(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx, ngx_str_t *token);
 
 
 static ngx_ahava_stmt_t  ngx_ahava_auth_stmts[] = {
@@ -123,9 +125,20 @@ ngx_ahava_step_auth(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
 
     if (r->headers_in.authorization == NULL) {
-        return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
-                                   "No token provided",
-                                   "no Authorization header");
+        if (!(ctx->route->flags & NGX_AHAVA_ROUTE_WS_TOKEN)) {
+            return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
+                                       "No token provided",
+                                       "no Authorization header");
+        }
+
+        if (ngx_ahava_auth_ws_carrier(r, ctx, &token) != NGX_OK) {
+            return ngx_ahava_auth_fail(r, ctx, "TOKEN_MISSING",
+                                       "No token provided",
+                                       "no Authorization header, "
+                                       "bearer subprotocol or token argument");
+        }
+
+        goto verify;
     }
 
     auth = r->headers_in.authorization->value;
@@ -140,6 +153,8 @@ ngx_ahava_step_auth(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     token.data = auth.data + 7;
     token.len = auth.len - 7;
+
+verify:
 
     while (token.len && token.data[0] == ' ') {
         token.data++;
@@ -247,6 +262,115 @@ ngx_ahava_auth_user_loaded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     ctx->user.role = rl;
 
     return NGX_AHAVA_NEXT;
+}
+
+
+/*
+ * The other carriers of a WebSocket's token (SPEC §8), browsers being
+ * unable to set Authorization: "Sec-WebSocket-Protocol: bearer, <jwt>"
+ * (the answer then selects "bearer"), else the "token" query argument.
+ */
+
+static ngx_int_t
+ngx_ahava_auth_ws_carrier(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_str_t *token)
+{
+    u_char           *p, *last, *comma, *dst, *src;
+    ngx_str_t         item, value;
+    ngx_uint_t        i, n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != sizeof("Sec-WebSocket-Protocol") - 1
+            || ngx_strncasecmp(h[i].key.data,
+                               (u_char *) "Sec-WebSocket-Protocol",
+                               h[i].key.len) != 0)
+        {
+            continue;
+        }
+
+        /* "bearer, <jwt>": the first item names the carrier */
+        p = h[i].value.data;
+        last = p + h[i].value.len;
+
+        for (n = 0; n < 2 && p < last; n++) {
+            comma = ngx_strlchr(p, last, ',');
+            if (comma == NULL) {
+                comma = last;
+            }
+
+            item.data = p;
+            item.len = comma - p;
+            p = comma + 1;
+
+            while (item.len && (item.data[0] == ' ' || item.data[0] == '\t')) {
+                item.data++;
+                item.len--;
+            }
+
+            while (item.len && (item.data[item.len - 1] == ' '
+                                || item.data[item.len - 1] == '\t'))
+            {
+                item.len--;
+            }
+
+            if (n == 0) {
+                if (item.len != sizeof("bearer") - 1
+                    || ngx_strncasecmp(item.data, (u_char *) "bearer",
+                                       item.len) != 0)
+                {
+                    break;
+                }
+
+                continue;
+            }
+
+            if (item.len) {
+                *token = item;
+                ctx->bearer_protocol = 1;
+                return NGX_OK;
+            }
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "token", sizeof("token") - 1, &value)
+        != NGX_OK || value.len == 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    /* a JWT needs no escaping, but a client may have escaped it anyway */
+    if (ngx_strlchr(value.data, value.data + value.len, '%')) {
+        dst = ngx_pnalloc(r->pool, value.len);
+        if (dst == NULL) {
+            return NGX_DECLINED;
+        }
+
+        token->data = dst;
+        src = value.data;
+        ngx_unescape_uri(&dst, &src, value.len, 0);
+        token->len = dst - token->data;
+
+    } else {
+        *token = value;
+    }
+
+    return token->len ? NGX_OK : NGX_DECLINED;
 }
 
 

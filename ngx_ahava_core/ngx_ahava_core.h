@@ -116,7 +116,10 @@ typedef struct {
 
 typedef enum {
     NGX_AHAVA_ARG_UINT = 0,                     /* min..max */
-    NGX_AHAVA_ARG_ENUM                          /* one of values[] */
+    NGX_AHAVA_ARG_ENUM,                         /* one of values[] */
+    NGX_AHAVA_ARG_ID,                           /* an id: ctx->arg_ids[] */
+    NGX_AHAVA_ARG_TOKEN                         /* a token carrier, read by
+                                                   authentication itself */
 } ngx_ahava_arg_type_e;
 
 typedef struct {
@@ -160,6 +163,8 @@ typedef struct {
  */
 
 #define NGX_AHAVA_ROUTE_PUBLIC   0x01           /* no authentication */
+#define NGX_AHAVA_ROUTE_WS_TOKEN 0x02           /* also the WebSocket token
+                                                   carriers (SPEC §8) */
 
 struct ngx_ahava_route_s {
     ngx_uint_t                 methods;
@@ -187,6 +192,7 @@ struct ngx_ahava_ctx_s {
     ngx_uint_t                 allow;           /* methods of the path */
     ngx_str_t                  ids[NGX_AHAVA_MAX_IDS];  /* NUL-terminated */
     ngx_int_t                  args[NGX_AHAVA_MAX_ARGS];
+    ngx_str_t                  arg_ids[NGX_AHAVA_MAX_ARGS];
     ngx_ahava_user_t           user;
     json_t                    *body;            /* the validated object */
 
@@ -208,6 +214,8 @@ struct ngx_ahava_ctx_s {
     unsigned                   allowed:1;
     unsigned                   body_sync:1;     /* read without waiting */
     unsigned                   body_waiting:1;
+    unsigned                   bearer_protocol:1;  /* the token came as
+                                                      Sec-WebSocket-Protocol */
 };
 
 
@@ -382,6 +390,10 @@ size_t ngx_ahava_row_size(PGresult *res, int row, int col,
 int ngx_ahava_row_ncols(ngx_ahava_col_t *cols);
 u_char *ngx_ahava_row_write(ngx_http_request_t *r, u_char *p, PGresult *res,
     int row, int col, ngx_ahava_col_t *cols, ngx_uint_t flags);
+/* the same for an owner that is not a request (a WebSocket session) */
+u_char *ngx_ahava_row_write_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *p, PGresult *res, int row, int col,
+    ngx_ahava_col_t *cols, ngx_uint_t flags);
 
 /* text of the JSON PostgreSQL built, with a decrypted field spliced in */
 size_t ngx_ahava_splice_size(PGresult *res, int row, int json_col,
@@ -400,6 +412,8 @@ char *ngx_ahava_encrypt_param(ngx_http_request_t *r, const u_char *plain,
     size_t len);
 ngx_int_t ngx_ahava_decrypt(ngx_http_request_t *r, u_char *ct, size_t ct_len,
     ngx_str_t *plain);
+ngx_int_t ngx_ahava_decrypt_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    u_char *ct, size_t ct_len, ngx_str_t *plain);
 
 /* PostgreSQL (ngx_ahava_pg.c) */
 ngx_ahava_pg_pool_t *ngx_ahava_pg_pool_create(ngx_cycle_t *cycle,
@@ -420,6 +434,7 @@ ngx_ahava_redis_t *ngx_ahava_redis_create(ngx_cycle_t *cycle,
     ngx_ahava_main_conf_t *amcf, ngx_ahava_redis_ready_pt ready,
     void *data);
 void ngx_ahava_redis_destroy(ngx_ahava_redis_t *redis);
+void ngx_ahava_redis_set_subscriber(ngx_ahava_redis_t *redis);
 ngx_int_t ngx_ahava_redis_healthy(ngx_ahava_redis_t *redis);
 ngx_int_t ngx_ahava_redis_parse_url(ngx_conf_t *cf,
     ngx_ahava_main_conf_t *amcf);
@@ -467,6 +482,9 @@ u_char *ngx_ahava_iso_time(u_char *buf);
 ngx_int_t ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     const char *type, u_char *data, size_t len, char **recipients,
     ngx_uint_t n, ngx_uint_t flags);
+ngx_int_t ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *actor, const char *type, u_char *data,
+    size_t len, char **recipients, ngx_uint_t n, ngx_uint_t flags);
 ngx_int_t ngx_ahava_publish_json(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     const char *type, json_t *data, char **recipients, ngx_uint_t n,
     ngx_uint_t flags);

@@ -23,17 +23,28 @@ ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     const char *type, u_char *data, size_t len, char **recipients,
     ngx_uint_t n, ngx_uint_t flags)
 {
-    u_char                 *payload, *p;
-    ngx_int_t               rc;
-    ngx_uint_t              i, j, sent;
-    ngx_ahava_main_conf_t  *amcf;
+    return ngx_ahava_publish_in(
+               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
+               r->pool, r->connection->log, ctx->user.id, type, data, len,
+               recipients, n, flags);
+}
+
+
+/* the same for an owner that is not a request (a WebSocket session) */
+
+ngx_int_t
+ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *actor, const char *type, u_char *data,
+    size_t len, char **recipients, ngx_uint_t n, ngx_uint_t flags)
+{
+    u_char      *payload, *p;
+    ngx_int_t    rc;
+    ngx_uint_t   i, j, sent;
 
     static ngx_ahava_log_limit_t  down_log;
 
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
-
-    payload = ngx_pnalloc(r->pool, len + ngx_strlen(type)
-                                   + NGX_AHAVA_ISO_TIME_LEN + 64);
+    payload = ngx_pnalloc(pool, len + ngx_strlen(type)
+                                + NGX_AHAVA_ISO_TIME_LEN + 64);
     if (payload == NULL) {
         return NGX_ERROR;
     }
@@ -51,7 +62,7 @@ ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     for (i = 0; i < n; i++) {
         if (recipients[i] == NULL
             || (!(flags & NGX_AHAVA_PUBLISH_TO_ACTOR)
-                && ngx_strcmp(recipients[i], ctx->user.id) == 0))
+                && ngx_strcmp(recipients[i], actor) == 0))
         {
             continue;
         }
@@ -79,13 +90,13 @@ ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     }
 
     if (rc != NGX_OK) {
-        ngx_ahava_log_limited(&down_log, NGX_LOG_WARN, r->connection->log,
+        ngx_ahava_log_limited(&down_log, NGX_LOG_WARN, log,
                               "ahava: event %s not published: redis "
                               "unavailable", type);
         return NGX_DECLINED;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
                    "ahava: event %s published to %ui users", type, sent);
 
     return NGX_OK;

@@ -14,6 +14,9 @@ static ngx_int_t ngx_ahava_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_chain_t *body);
 static u_char *ngx_ahava_row_string(u_char *p, PGresult *res, int row,
     int col);
+static u_char *ngx_ahava_decrypted_field_in(ngx_ahava_main_conf_t *amcf,
+    ngx_pool_t *pool, ngx_log_t *log, u_char *p, PGresult *res, int row,
+    int col, const char *field, const char *error_field);
 
 
 /*
@@ -473,6 +476,17 @@ u_char *
 ngx_ahava_row_write(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
     int col, ngx_ahava_col_t *cols, ngx_uint_t flags)
 {
+    return ngx_ahava_row_write_in(
+               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
+               r->pool, r->connection->log, p, res, row, col, cols, flags);
+}
+
+
+u_char *
+ngx_ahava_row_write_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *p, PGresult *res, int row, int col,
+    ngx_ahava_col_t *cols, ngx_uint_t flags)
+{
     u_char           *v;
     size_t            len;
     ngx_ahava_col_t  *c;
@@ -487,8 +501,8 @@ ngx_ahava_row_write(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
         }
 
         if (c->type == NGX_AHAVA_COL_DECRYPT) {
-            p = ngx_ahava_decrypted_field(r, p, res, row, col++, c->name,
-                                          c->error_field);
+            p = ngx_ahava_decrypted_field_in(amcf, pool, log, p, res, row,
+                                             col++, c->name, c->error_field);
             if (p == NULL) {
                 return NULL;
             }
@@ -641,6 +655,18 @@ u_char *
 ngx_ahava_decrypted_field(ngx_http_request_t *r, u_char *p, PGresult *res,
     int row, int col, const char *field, const char *error_field)
 {
+    return ngx_ahava_decrypted_field_in(
+               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
+               r->pool, r->connection->log, p, res, row, col, field,
+               error_field);
+}
+
+
+static u_char *
+ngx_ahava_decrypted_field_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *p, PGresult *res, int row, int col,
+    const char *field, const char *error_field)
+{
     ngx_str_t  plain;
     ngx_int_t  rc;
 
@@ -650,15 +676,15 @@ ngx_ahava_decrypted_field(ngx_http_request_t *r, u_char *p, PGresult *res,
         return ngx_cpymem(p, "null", 4);
     }
 
-    rc = ngx_ahava_decrypt(r, (u_char *) PQgetvalue(res, row, col),
-                           PQgetlength(res, row, col), &plain);
+    rc = ngx_ahava_decrypt_in(amcf, pool, (u_char *) PQgetvalue(res, row, col),
+                              PQgetlength(res, row, col), &plain);
 
     if (rc == NGX_ERROR) {
         return NULL;
     }
 
     if (rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, log, 0,
                       "ahava: decryption of \"%s\" failed", field);
         return ngx_sprintf(p, "null,\"%s\":\"DECRYPTION_FAILED\"",
                            error_field);
@@ -677,16 +703,23 @@ ngx_int_t
 ngx_ahava_decrypt(ngx_http_request_t *r, u_char *ct, size_t ct_len,
     ngx_str_t *plain)
 {
-    u_char                 **keys;
-    ngx_ahava_main_conf_t   *amcf;
+    return ngx_ahava_decrypt_in(
+               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
+               r->pool, ct, ct_len, plain);
+}
 
-    amcf = ngx_http_get_module_main_conf(r, ngx_ahava_core_module);
+
+ngx_int_t
+ngx_ahava_decrypt_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    u_char *ct, size_t ct_len, ngx_str_t *plain)
+{
+    u_char  **keys;
 
     if (amcf->keys == NULL) {
         return NGX_DECLINED;
     }
 
-    plain->data = ngx_pnalloc(r->pool,
+    plain->data = ngx_pnalloc(pool,
                               ngx_ahava_crypto_decrypted_max_len(ct_len) + 1);
     if (plain->data == NULL) {
         return NGX_ERROR;

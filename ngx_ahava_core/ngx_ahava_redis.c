@@ -46,6 +46,7 @@ struct ngx_ahava_redis_s {
     ngx_msec_t                 backoff;
     unsigned                   connected:1;
     unsigned                   ping_pending:1;
+    unsigned                   subscriber:1;
     unsigned                   exiting:1;
 };
 
@@ -116,6 +117,23 @@ ngx_ahava_redis_destroy(ngx_ahava_redis_t *redis)
     if (redis->ac) {
         redisAsyncFree(redis->ac);
         redis->ac = NULL;
+    }
+}
+
+
+/*
+ * A subscriber's connection: once subscribed, Redis answers a PING with a
+ * pub/sub reply hiredis 0.14 gives to no callback, so the liveness PING is
+ * not sent; its owner watches the connection its own way.
+ */
+
+void
+ngx_ahava_redis_set_subscriber(ngx_ahava_redis_t *redis)
+{
+    redis->subscriber = 1;
+
+    if (redis->ping.timer_set) {
+        ngx_del_timer(&redis->ping);
     }
 }
 
@@ -516,7 +534,7 @@ ngx_ahava_redis_reply(redisAsyncContext *ac, void *r, void *data)
         redis->backoff = 0;
         redis->ping_pending = 0;
 
-        if (!redis->ping.timer_set) {
+        if (!redis->ping.timer_set && !redis->subscriber) {
             ngx_add_timer(&redis->ping, NGX_AHAVA_REDIS_PING);
         }
 

@@ -675,7 +675,8 @@ ngx_ahava_not_allowed(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
 static ngx_ahava_rc_e
 ngx_ahava_step_args(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    u_char            *p, *last, *amp, *eq, name[64], value[64];
+    u_char            *p, *last, *amp, *eq, name[64];
+    u_char             value[NGX_AHAVA_ID_MAX_LEN + 2];
     size_t             nlen, vlen;
     json_t            *details;
     ngx_int_t          n;
@@ -762,6 +763,11 @@ ngx_ahava_step_args(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
         seen |= 1 << i;
 
+        if (a[i].type == NGX_AHAVA_ARG_TOKEN) {
+            /* authentication read it, and judged it */
+            continue;
+        }
+
         if (ngx_ahava_unescape(&(ngx_str_t) { amp - eq - 1, eq + 1 },
                                value, &vlen) != NGX_OK)
         {
@@ -769,6 +775,24 @@ ngx_ahava_step_args(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         }
 
         value[vlen] = '\0';
+
+        if (a[i].type == NGX_AHAVA_ARG_ID) {
+            if (ngx_ahava_valid_id(value, vlen) != NGX_OK) {
+                bad = 1;
+                ngx_ahava_detail(details, a[i].name, "\"%s\" must be an id",
+                                 a[i].name);
+                continue;
+            }
+
+            ctx->arg_ids[i].data = ngx_pnalloc(r->pool, vlen + 1);
+            if (ctx->arg_ids[i].data == NULL) {
+                return ngx_ahava_fail(r, ctx);
+            }
+
+            ngx_memcpy(ctx->arg_ids[i].data, value, vlen + 1);
+            ctx->arg_ids[i].len = vlen;
+            continue;
+        }
 
         if (a[i].type == NGX_AHAVA_ARG_UINT) {
             n = (vlen == 0 || vlen > 9) ? NGX_ERROR : ngx_atoi(value, vlen);

@@ -9,7 +9,7 @@
  */
 
 
-#include "ngx_ahava_core.h"
+#include "ngx_ahava_messages.h"
 
 
 static ngx_int_t ngx_ahava_messages_postconfiguration(ngx_conf_t *cf);
@@ -49,7 +49,7 @@ static const char  *ngx_ahava_booleans[] = {
 
 
 /* a message as the API shows it, from NGX_AHAVA_MESSAGE_COLUMNS */
-static ngx_ahava_col_t  ngx_ahava_message_cols[] = {
+ngx_ahava_col_t  ngx_ahava_message_cols[] = {
     { "id", NGX_AHAVA_COL_STRING, NULL },
     { "visitId", NGX_AHAVA_COL_STRING, NULL },
     { "senderId", NGX_AHAVA_COL_STRING, NULL },
@@ -128,12 +128,6 @@ static ngx_ahava_route_t  ngx_ahava_messages_routes[] = {
     " WHERE v.id = $1"                                                       \
     " AND ($3::bool OR $2 IN (b.\"patientId\", v.\"nurseId\","               \
     " v.\"doctorId\"))"
-
-/* a message m as plain columns, in the order of ngx_ahava_message_cols */
-#define NGX_AHAVA_MESSAGE_COLUMNS                                            \
-    "m.id, m.\"visitId\", m.\"senderId\", m.\"recipientId\", m.type,"          \
-    " m.\"isRead\", m.\"attachmentUrl\", m.\"attachmentType\","                \
-    " m.\"createdAt\", m.\"updatedAt\", m.content"
 
 #define NGX_AHAVA_MESSAGES_PAGE_SQL(which)                                   \
     "SELECT t.ok, t.total, m.* FROM (SELECT vis.ok, CASE WHEN vis.ok"        \
