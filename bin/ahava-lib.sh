@@ -96,3 +96,17 @@ stop_redis() {   # port
     redis-cli -p "$1" shutdown nosave >/dev/null 2>&1 || true
 }
 
+# The test suite's Node packages (t/package.json: `ws` for the WebSocket
+# tests), installed exactly as locked, again whenever the lockfile changed.
+install_node_deps() {
+    local t="$TOP/t"
+    if [ -f "$t/node_modules/.package-lock.json" ] \
+       && [ ! "$t/package-lock.json" -nt "$t/node_modules/.package-lock.json" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null || die "npm is missing (Debian package npm, or nodejs from NodeSource)"
+    log "installing the test suite's Node packages (npm ci in t/)"
+    local out
+    out=$(cd "$t" && npm ci --no-audit --no-fund --loglevel=error 2>&1) \
+        || { printf '%s\n' "$out" >&2; die "npm ci failed in $t"; }
+}

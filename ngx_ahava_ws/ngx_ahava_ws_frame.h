@@ -55,6 +55,7 @@
 #define NGX_AHAVA_WS_CLOSE_POLICY     1008
 #define NGX_AHAVA_WS_CLOSE_TOO_BIG    1009
 #define NGX_AHAVA_WS_CLOSE_INTERNAL   1011
+#define NGX_AHAVA_WS_CLOSE_TRY_AGAIN  1013
 
 #define NGX_AHAVA_WS_MAX_CONTROL      125   /* control frame payload */
 #define NGX_AHAVA_WS_MAX_HEADER       10    /* server frame header */
