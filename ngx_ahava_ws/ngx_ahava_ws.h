@@ -23,10 +23,14 @@ typedef struct ngx_ahava_ws_hub_s      ngx_ahava_ws_hub_t;
  * A frame as it goes on the wire (header and payload), built once and
  * shared by every socket it is queued on; freed with its last reference.
  */
+/* a message's createdAt as digits, YYYYMMDDhhmmssSSS: comparable */
+#define NGX_AHAVA_WS_TIME_KEY      17
+
 typedef struct {
     ngx_uint_t                 refs;
     size_t                     len;
     u_char                    *id;              /* NEW_MESSAGE: its id */
+    u_char                     at[NGX_AHAVA_WS_TIME_KEY]; /* and createdAt */
     u_char                     data[1];
 } ngx_ahava_ws_frame_t;
 
@@ -100,6 +104,7 @@ struct ngx_ahava_ws_session_s {
     unsigned                   closing:1;       /* close once flushed */
     unsigned                   close_sent:1;
     unsigned                   replaying:1;
+    unsigned                   replay_started:1; /* once subscribed */
     unsigned                   replay_wait:1;   /* for the queue to drain */
 };
 
@@ -121,12 +126,16 @@ ngx_int_t ngx_ahava_ws_hub_join(ngx_ahava_ws_hub_t *hub,
     ngx_ahava_ws_session_t *s, u_char *id, size_t len);
 void ngx_ahava_ws_hub_leave(ngx_ahava_ws_hub_t *hub,
     ngx_ahava_ws_session_t *s);
+ngx_uint_t ngx_ahava_ws_hub_listening(ngx_ahava_ws_hub_t *hub,
+    ngx_ahava_ws_session_t *s);
 
 /* the sessions (ngx_ahava_ws_module.c) */
 ngx_ahava_ws_frame_t *ngx_ahava_ws_frame_create(int opcode, u_char *payload,
     size_t len, ngx_log_t *log);
 void ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f);
 void ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f);
+void ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s);
+size_t ngx_ahava_ws_time_key(u_char *key, u_char *p, u_char *last);
 
 
 #endif /* _NGX_AHAVA_WS_H_INCLUDED_ */

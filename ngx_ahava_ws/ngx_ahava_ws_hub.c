@@ -156,6 +156,21 @@ ngx_ahava_ws_hub_leave(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s)
 }
 
 
+/*
+ * Events of the session's user reach this worker: its subscription is
+ * confirmed, or there is no Redis to wait for (nothing live then).  A
+ * replay starts only then, so no message falls between it and the live
+ * stream.
+ */
+
+ngx_uint_t
+ngx_ahava_ws_hub_listening(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s)
+{
+    return s->channel->state == NGX_AHAVA_WS_CH_SUBSCRIBED
+           || ngx_ahava_redis_healthy(hub->redis) != NGX_OK;
+}
+
+
 static ngx_ahava_ws_channel_t *
 ngx_ahava_ws_hub_find(ngx_ahava_ws_hub_t *hub, u_char *id, size_t len,
     ngx_uint_t *bucket)
@@ -348,6 +363,15 @@ ngx_ahava_ws_hub_reply(redisAsyncContext *ac, void *r, void *data)
     if (ngx_strcmp(kind->str, "subscribe") == 0) {
         if (ch->state == NGX_AHAVA_WS_CH_SUBSCRIBING) {
             ch->state = NGX_AHAVA_WS_CH_SUBSCRIBED;
+
+            for (q = ngx_queue_head(&ch->sessions);
+                 q != ngx_queue_sentinel(&ch->sessions);
+                 q = next)
+            {
+                next = ngx_queue_next(q);
+                s = ngx_queue_data(q, ngx_ahava_ws_session_t, queue);
+                ngx_ahava_ws_listening(s);
+            }
         }
 
         return;

@@ -49,6 +49,7 @@ typedef struct {
     u_char                     at[64];
     size_t                     at_len;
     u_char                     id[NGX_AHAVA_ID_MAX_LEN + 1];
+    u_char                     key[NGX_AHAVA_WS_TIME_KEY]; /* of at */
 } ngx_ahava_ws_replay_t;
 
 
@@ -331,9 +332,11 @@ ngx_ahava_ws_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->send_queue < 4096) {
+    /* the largest event (a message of 5000 characters, each escaped to
+     * six bytes) must fit */
+    if (conf->send_queue < 64 * 1024) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "ahava_ws_send_queue must be at least 4k");
+                           "ahava_ws_send_queue must be at least 64k");
         return NGX_CONF_ERROR;
     }
 
@@ -540,6 +543,8 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
         ngx_memcpy(replay->at, PQgetvalue(since, 0, 0), replay->at_len);
         ngx_cpystrn(replay->id, (u_char *) PQgetvalue(since, 0, 1),
                     sizeof(replay->id));
+        (void) ngx_ahava_ws_time_key(replay->key, replay->at,
+                                     replay->at + replay->at_len);
 
         s->replay = replay;
         s->replaying = 1;
@@ -744,8 +749,8 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     s->timer.handler = ngx_ahava_ws_ping_handler;
     ngx_add_timer(&s->timer, s->conf->ping_interval);
 
-    if (s->replaying) {
-        ngx_ahava_ws_replay_page(s);
+    if (s->replaying && ngx_ahava_ws_hub_listening(wmcf->hub, s)) {
+        ngx_ahava_ws_listening(s);
     }
 
     /* the client's first frames, maybe already here */
@@ -1502,6 +1507,10 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
 
         ngx_ahava_ws_send_event(s, "NEW_MESSAGE", buf, p - buf);
 
+        if (s->closing) {
+            return;
+        }
+
         /* a live event of a message replayed here is not sent again */
         id = (u_char *) PQgetvalue(res, i, 0);
         idlen = PQgetlength(res, i, 0);
@@ -1513,10 +1522,22 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
                 out->duplicate = 1;
             }
         }
-    }
 
-    if (s->closing) {
-        return;
+        /* the cursor follows what was sent */
+        rp->at_len = ngx_min((size_t) PQgetlength(res, i,
+                                              NGX_AHAVA_MESSAGE_CREATED_AT),
+                             sizeof(rp->at) - 1);
+        ngx_memcpy(rp->at, PQgetvalue(res, i, NGX_AHAVA_MESSAGE_CREATED_AT),
+                   rp->at_len);
+        ngx_cpystrn(rp->id, id, sizeof(rp->id));
+        (void) ngx_ahava_ws_time_key(rp->key, rp->at, rp->at + rp->at_len);
+
+        if (s->out_bytes > s->conf->send_queue / 2) {
+            /* the rest once the client has read this: the queue stays
+             * within its bound however large the messages are */
+            s->replay_wait = 1;
+            return;
+        }
     }
 
     if (n < NGX_AHAVA_WS_REPLAY_ROWS) {
@@ -1524,22 +1545,63 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
         return;
     }
 
-    /* the cursor moves to the last one sent */
-    rp->at_len = ngx_min((size_t) PQgetlength(res, n - 1,
-                                              NGX_AHAVA_MESSAGE_CREATED_AT),
-                         sizeof(rp->at) - 1);
-    ngx_memcpy(rp->at, PQgetvalue(res, n - 1, NGX_AHAVA_MESSAGE_CREATED_AT),
-               rp->at_len);
-    ngx_cpystrn(rp->id, (u_char *) PQgetvalue(res, n - 1, 0),
-                sizeof(rp->id));
+    ngx_ahava_ws_replay_page(s);
+}
 
-    if (s->out_bytes > s->conf->send_queue / 2) {
-        /* the next page once the client has read this one */
-        s->replay_wait = 1;
+
+/* the session's user's events reach this worker: a replay may start */
+
+void
+ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
+{
+    if (!s->replaying || s->replay_started || s->closing) {
         return;
     }
 
+    s->replay_started = 1;
     ngx_ahava_ws_replay_page(s);
+}
+
+
+/*
+ * The digits of a timestamp as PostgreSQL writes it ("2026-12-01
+ * 10:00:00.12") or as our JSON does ("2026-12-01T10:00:00.120Z"), the
+ * fraction padded to milliseconds: keys compare as the times do.
+ */
+
+size_t
+ngx_ahava_ws_time_key(u_char *key, u_char *p, u_char *last)
+{
+    size_t  n, frac;
+
+    n = 0;
+
+    while (p < last && n < 14) {
+        if (*p >= '0' && *p <= '9') {
+            key[n++] = *p;
+        }
+
+        p++;
+    }
+
+    if (n < 14) {
+        return 0;
+    }
+
+    frac = 0;
+
+    if (p < last && *p == '.') {
+        for (p++; p < last && frac < 3 && *p >= '0' && *p <= '9'; p++) {
+            key[n++] = *p;
+            frac++;
+        }
+    }
+
+    while (frac++ < 3) {
+        key[n++] = '0';
+    }
+
+    return n;
 }
 
 
@@ -1651,6 +1713,7 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     u_char                *p, *id, *end;
     size_t                 hlen, ilen;
     u_char                 header[NGX_AHAVA_WS_MAX_HEADER];
+    u_char                 at[NGX_AHAVA_WS_TIME_KEY];
     ngx_ahava_ws_frame_t  *f;
 
     hlen = ngx_ahava_ws_frame_header(header, opcode, 1, len);
@@ -1674,6 +1737,20 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
         }
     }
 
+    ngx_memzero(at, NGX_AHAVA_WS_TIME_KEY);
+
+    if (id) {
+        p = ngx_strlcasestrn(id, payload + len, (u_char *) "\"createdAt\":\"",
+                             sizeof("\"createdAt\":\"") - 1 - 1);
+        if (p == NULL
+            || ngx_ahava_ws_time_key(at, p + sizeof("\"createdAt\":\"") - 1,
+                                     payload + len)
+               != NGX_AHAVA_WS_TIME_KEY)
+        {
+            ngx_memzero(at, NGX_AHAVA_WS_TIME_KEY);
+        }
+    }
+
     f = ngx_alloc(sizeof(ngx_ahava_ws_frame_t) + hlen + len
                   + (id ? ilen + 1 : 0), log);
     if (f == NULL) {
@@ -1682,6 +1759,7 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
 
     f->refs = 0;
     f->len = hlen + len;
+    ngx_memcpy(f->at, at, NGX_AHAVA_WS_TIME_KEY);
 
     p = ngx_cpymem(f->data, header, hlen);
     p = ngx_cpymem(p, payload, len);
@@ -1713,8 +1791,29 @@ ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f)
 void
 ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
 {
+    ngx_ahava_ws_replay_t  *rp;
+
     if (s->closing) {
         return;
+    }
+
+    rp = s->replay;
+
+    if (rp && f->id && f->at[0]) {
+        /* at or before the replay's cursor: it was replayed (the page's
+         * query saw it committed, as its event follows its commit) */
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                       "ahava: websocket live message \"%s\" vs cursor",
+                       f->id);
+
+        if (rp->key[0] && (ngx_memcmp(f->at, rp->key, NGX_AHAVA_WS_TIME_KEY)
+                           < 0
+                           || (ngx_memcmp(f->at, rp->key,
+                                          NGX_AHAVA_WS_TIME_KEY) == 0
+                               && ngx_strcmp(f->id, rp->id) <= 0)))
+        {
+            return;
+        }
     }
 
     ngx_ahava_ws_queue(s, f, s->replaying);

@@ -42,7 +42,7 @@ use Ahava::Test ();
 use Ahava::Test::Util qw(repo_root slurp poll_until process_alive);
 
 our @EXPORT = qw(ws_connect ws_raw ws_url ws_token_args worker_pids vm_rss
-                 ws_frame ws_accept_of tcp_state tcp_owner_pid redis_cmd
+                 ws_frame ws_accept_of tcp_state tcp_owner_pid tcp_send_queue redis_cmd
                  redis_numsub);
 
 our $JSON_LINE = JSON::PP->new->utf8->canonical;    # the pipe to Node: bytes
@@ -155,6 +155,17 @@ sub tcp_state {
     return undef if $rc;
     my ($state) = $out =~ /^(\S+)/m;
     return $state;
+}
+
+# The bytes the server's side of a connection has not got acknowledged
+# (ss's Send-Q), or undef when there is no such connection.
+sub tcp_send_queue {
+    my ($server_port, $client_port) = @_;
+    my ($rc, $out) = Ahava::Test::Util::run_capture(['ss', '-Htn', 'state', 'established',
+        'src', "127.0.0.1:$server_port", 'dst', "127.0.0.1:$client_port"]);
+    return undef if $rc;
+    my ($q) = $out =~ /^\s*\d+\s+(\d+)/m;
+    return $q;
 }
 
 # The pid of the process (the nginx worker) holding the server's side of a

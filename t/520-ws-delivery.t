@@ -1,0 +1,246 @@
+# GET /ws (SPEC §8, issue 10): delivery past one worker and one host, and
+# through a Redis restart; ?since= resume without loss or duplicate; reload
+# and graceful stop close sockets with 1001.
+#
+# Two workers with reuseport: the kernel spreads connections over both, so
+# the HTTP request that causes an event is served by one worker and the
+# recipient's socket is held by the other (each HTTP answer says which
+# worker served it: X-Worker).  A second nginx sharing the PostgreSQL and
+# Redis is the second host.
+use strict;
+use warnings;
+use Test::More;
+use Ahava::Test;
+use Ahava::Test::WS;
+use Ahava::Messages qw(json_request data_of);
+use Time::HiRes qw(time);
+
+setup();
+
+my $CONF = <<'_EOC_';
+ahava_database          env:DATABASE_URL;
+ahava_redis             env:REDIS_URL;
+ahava_jwt_secret        env:JWT_SECRET;
+ahava_jwt_algorithm     HS256;
+ahava_encryption_key    env:ENCRYPTION_KEY;
+
+server {
+    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT reuseport;
+    server_name  _;
+    client_max_body_size  64k;
+    add_header   X-Worker $pid always;
+    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
+               /_ahava_error;
+
+    location = /health { ahava_health; }
+    location = /ws { ahava_ws; ahava_ws_send_queue 64k; }
+    location /api/visits { ahava_visits; }
+    location /api/messages { ahava_messages; }
+    location / { return 404; }
+    location = /_ahava_error { internal; ahava_error_page; }
+}
+_EOC_
+
+my $N = start_nginx($CONF, workers => 2);
+my $N2 = start_nginx($CONF, name => 'second', workers => 1);
+for my $n ($N, $N2) {
+    ok(poll_until(10, sub { ((response(GET => '/health', nginx => $n)->json || {})->{redis} // '') eq 'ok' }),
+       'nginx ' . $n->{name} . ' is connected to Redis');
+}
+
+my ($P1, $N1, $V1) = @ID{qw(patient1 nurse1 visit1)};
+
+# nurse1 → patient1 over HTTP on $n; the response
+sub post {
+    my ($content, %o) = @_;
+    return json_request(POST => '/api/messages', $o{as} // 'nurse1',
+                        { visitId => $V1, recipientId => $o{to} // $P1, content => $content },
+                        nginx => $o{nginx} // $N);
+}
+
+# a PING's PONG came back (its JSON), or undef
+sub pong_of { my ($pong) = $_[0]->ping_roundtrip(5); return $pong }
+
+# what ?since=$id must replay to $user: the messages to $user after that
+# one, oldest first (as the database has them now)
+sub due_since {
+    my ($user, $id) = @_;
+    my $rows = psql(qq{SELECT m.id FROM messages m, messages s WHERE s.id = '$id'}
+                    . qq{ AND m."recipientId" = '$user'}
+                    . qq{ AND (m."createdAt", m.id) > (s."createdAt", s.id)}
+                    . qq{ ORDER BY m."createdAt", m.id});
+    return map { $_->[0] } @$rows;
+}
+
+# the next frames of $c are NEW_MESSAGEs with these contents, in this order
+sub contents_are {
+    my ($c, $want, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @got;
+    for (@$want) {
+        my $f = $c->next_message(5) or last;
+        push @got, ($f->{type} // '') eq 'NEW_MESSAGE' ? $f->{data}{content} : "[$f->{type}]";
+    }
+    is_deeply(\@got, $want, $name);
+}
+
+# --- cross-worker -------------------------------------------------------------------------------------
+my @workers = worker_pids($N);
+is(scalar @workers, 2, 'two workers');
+
+my $sock = ws_connect(as => 'patient1', name => 'patient1');
+ok($sock->opened, 'patient1 connected');
+ok(pong_of($sock), 'patient1: PING answered (subscribed before the first event)');
+my $owner = tcp_owner_pid($N->port, $sock->local_port);
+ok($owner && grep({ $_ == $owner } @workers), "patient1's socket is held by worker $owner");
+ok(poll_until(5, sub { redis_numsub($P1) == 1 }), "one worker subscribed to patient1's channel");
+is(redis_numsub($N1), 0, 'no worker subscribed to nurse1 (no socket of hers)');
+
+my (%served, @sent);
+for my $i (1 .. 40) {
+    my $r = post("cross-worker $i");
+    is($r->status, 201, "message $i: 201") or last;
+    push @sent, "cross-worker $i";
+    $served{ $r->header('x-worker') // '?' }++;
+    last if grep { $_ ne $owner } keys %served and $i >= 4;
+}
+ok((grep { $_ ne $owner && $_ ne '?' } keys %served),
+   'some of the POSTs were served by the other worker') or diag(explain(\%served));
+contents_are($sock, \@sent, 'patient1 got every message, in order, from both workers');
+
+# a second socket of patient1 on the other worker: both workers subscribe
+my $other;
+for (1 .. 30) {
+    my $c = ws_connect(as => 'patient1', name => 'patient1-b');
+    my $pid = tcp_owner_pid($N->port, $c->local_port);
+    if ($pid && $pid != $owner) { $other = $c; last }
+    $c->close(1000);
+    $c->wait_close(5);
+}
+ok($other, "a second socket of patient1 on the other worker");
+SKIP: {
+    skip 'no socket on the other worker', 3 unless $other;
+    ok(pong_of($other), 'the second socket answers PING');
+    ok(poll_until(5, sub { redis_numsub($P1) == 2 }), 'both workers subscribed to patient1');
+    post('to both workers');
+    contents_are($_, ['to both workers'], $_->name . ': got it once') for $sock, $other;
+    $other->close(1000);
+    is(($other->wait_close(5) || {})->{code}, 1000, 'the second socket closed');
+    ok(poll_until(5, sub { redis_numsub($P1) == 1 }),
+       'its worker unsubscribed once its last socket of patient1 went');
+}
+
+# --- cross-host -----------------------------------------------------------------------------------------
+{
+    my $r = post('from the second host', nginx => $N2);
+    is($r->status, 201, 'a message posted on the second nginx: 201');
+    contents_are($sock, ['from the second host'], 'it reaches the socket on the first nginx');
+    my $s2 = ws_connect(as => 'patient1', nginx => $N2, name => 'patient1@second');
+    ok(pong_of($s2), 'a socket of patient1 on the second nginx');
+    post('to both hosts');
+    contents_are($_, ['to both hosts'], $_->name . ': a message posted on the first host') for $sock, $s2;
+    $s2->close(1000);
+    $s2->wait_close(5);
+}
+
+# --- Redis restart --------------------------------------------------------------------------------------
+{
+    my $redis = Ahava::Test::redis();
+    $redis->stop;
+    ok(pong_of($sock), 'Redis stopped: the socket stays open and answers PING');
+    $redis->start;
+    ok(poll_until(15, sub { redis_numsub($P1) == 1 }),
+       'Redis back: the worker subscribed to patient1 again by itself');
+    ok(poll_until(15, sub { ((response(GET => '/health')->json || {})->{redis} // '') eq 'ok' }),
+       'the publishing connection is back too');
+    my $r = post('after the restart');
+    is($r->status, 201, 'a message after the restart: 201');
+    contents_are($sock, ['after the restart'], 'delivered on the same socket, no reconnect');
+    ok(!$sock->closed, 'the socket was never closed');
+}
+
+# --- ?since= ------------------------------------------------------------------------------------------------
+# messages to patient1 while away (inserted directly, a day old, oldest
+# first), then a live one: replayed in order, then the live one
+{
+    my @ids = Ahava::Messages::insert_messages(
+        map { { visit => $V1, from => 'nurse1', to => 'patient1', content => "missed $_" } } 1 .. 250);
+    my @due = due_since($P1, $ids[0]);
+    cmp_ok(scalar @due, '>=', 249, 'at least the 249 inserted after the first are due');
+    my $c = ws_connect(as => 'patient1', query => [since => $ids[0]], name => 'patient1-since');
+    ok($c->opened, 'since = the first missed message: 101');
+    my @got;
+    for (@due) {
+        my $f = $c->next_message(5) or last;
+        last unless ($f->{type} // '') eq 'NEW_MESSAGE';
+        push @got, $f->{data};
+    }
+    is_deeply([map { $_->{id} } @got], \@due, 'every message due, oldest first, over several pages');
+    is_deeply([map { $_->{content} } @got[0 .. 248]], [map { "missed $_" } 2 .. 250],
+              'decrypted: the missed ones in the order they were written');
+    my ($pong, @before) = $c->ping_roundtrip(5);
+    ok($pong && !@before, 'then nothing more');
+    post('live after the replay');
+    contents_are($c, ['live after the replay'], 'then the live stream');
+    $c->close(1000);
+    $c->wait_close(5);
+    contents_are($sock, ['live after the replay'], 'the other socket got the live one (not the replay)');
+}
+
+# a message posted while the replay is paused for a client that does not
+# read: it is in the replay (a later page) and was live meanwhile: once
+{
+    my $big = 'x' x 5000;
+    my ($ct) = Ahava::Test::node_encrypt([$big]);
+    my @ids = Ahava::Messages::insert_messages(
+        map { { visit => $V1, from => 'nurse1', to => 'patient1', ciphertext => $ct } } 1 .. 1200);
+    my $raw = ws_raw(as => 'patient1', query => [since => $ids[0]], rcvbuf => 4096);
+    is($raw->status, 101, 'since, a client that does not read yet: 101');
+    # the replay runs until the socket's buffers and the 64k queue are full
+    ok(poll_until(10, sub { (tcp_send_queue($N->port, $raw->local_port) // 0) > 1_000_000 }),
+       'the replay filled the socket (and waits for the client to read)');
+    my $r = post('posted during the replay');
+    is($r->status, 201, 'a message posted meanwhile: 201');
+    my $live = data_of($r)->{id};
+    my @due = due_since($P1, $ids[0]);
+    is($due[-1], $live, 'the live one is the last due');
+    my (@order, %seen, $dups);
+    while (my $f = $raw->read_frame(10)) {
+        last if $f->{eof};
+        my $j = $f->{json} or next;
+        next unless ($j->{type} // '') eq 'NEW_MESSAGE';
+        $dups++ if $seen{ $j->{data}{id} }++;
+        push @order, $j->{data}{id};
+        last if $j->{data}{id} eq $live;
+    }
+    is(scalar @order, scalar @due, 'as many frames as messages due (1199 inserted, the live one and older ones)');
+    is_deeply(\@order, \@due, 'all of them in order, the live one last');
+    ok(!$dups, 'no message twice');
+    my ($pong, @before) = $raw->ping_roundtrip(5);
+    ok($pong && !grep({ ($_->{json}{type} // '') eq 'NEW_MESSAGE' } @before),
+       'no second copy of the live one after it');
+    $raw->close_socket;
+}
+
+# --- reload and graceful stop: 1001 ---------------------------------------------------------------------
+{
+    my $old = tcp_owner_pid($N->port, $sock->local_port);
+    $N->reload;
+    my $closed = $sock->wait_close(10);
+    is($closed && $closed->{code}, 1001, 'reload: the socket is closed with 1001 (going away)');
+    ok(poll_until(10, sub { !kill(0, $old) }), 'the old worker exits (no socket pins it)');
+    my $again = ws_connect(as => 'patient1', name => 'patient1-reconnected');
+    ok($again->opened, 'the client reconnects to the new workers');
+    post('after the reload');
+    contents_are($again, ['after the reload'], 'and gets events there');
+
+    my $s2 = ws_connect(as => 'patient1', nginx => $N2, name => 'patient1@second');
+    ok(pong_of($s2), 'a socket on the second nginx');
+    my $t0 = time;
+    ok($N2->stop(timeout => 10), 'graceful stop (QUIT) of the second nginx ends');
+    my $c2 = $s2->wait_close(5);
+    is($c2 && $c2->{code}, 1001, 'its socket was closed with 1001');
+    cmp_ok(time - $t0, '<', 5, 'at once, not after a timeout');
+}
+
+done_ahava();
