@@ -10,7 +10,7 @@ PACKAGES=(
     postgresql postgresql-client redis-server redis-tools nodejs
     libcrypt-jwt-perl libjson-pp-perl libtest-base-perl
     libprotocol-websocket-perl libhttp-tiny-perl
-    imagemagick ghostscript zip libreoffice-writer-nogui
+    imagemagick ghostscript zip libreoffice-writer-nogui chromium
 )
 
 log() { printf '\033[1mahava:\033[0m %s\n' "$*" >&2; }
