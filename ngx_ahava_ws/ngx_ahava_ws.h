@@ -15,6 +15,14 @@
 
 
 typedef struct ngx_ahava_ws_session_s  ngx_ahava_ws_session_t;
+typedef struct ngx_ahava_ws_deferred_s ngx_ahava_ws_deferred_t;
+
+struct ngx_ahava_ws_deferred_s {
+    ngx_ahava_ws_deferred_t   *next;
+    size_t                     len;
+    u_char                     data[1];
+};
+
 typedef struct ngx_ahava_ws_channel_s  ngx_ahava_ws_channel_t;
 typedef struct ngx_ahava_ws_hub_s      ngx_ahava_ws_hub_t;
 
@@ -93,9 +101,15 @@ struct ngx_ahava_ws_session_s {
     ngx_pool_t                *op;
     ngx_ahava_pg_query_t      *query;
 
-    /* client bytes read but not parsed yet (while an op runs) */
+    /* client bytes read but not parsed yet (while messages wait) */
     u_char                    *pending;
     size_t                     pending_len;
+
+    /* client messages that came while an op ran: served in order after
+     * it, while control frames are answered at once */
+    ngx_ahava_ws_deferred_t   *deferred;
+    ngx_ahava_ws_deferred_t  **deferred_last;
+    size_t                     deferred_bytes;
 
     void                      *replay;          /* while ?since= replays */
 

@@ -105,6 +105,9 @@ static ngx_int_t ngx_ahava_ws_op_send(ngx_ahava_ws_session_t *s,
     ngx_ahava_pg_query_t *q, ngx_ahava_ws_done_pt done);
 static void ngx_ahava_ws_op_done(ngx_ahava_pg_query_t *q);
 static void ngx_ahava_ws_op_end(ngx_ahava_ws_session_t *s);
+static ngx_int_t ngx_ahava_ws_defer(ngx_ahava_ws_session_t *s, u_char *data,
+    size_t len);
+static ngx_int_t ngx_ahava_ws_undefer(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_replay_page(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s,
     ngx_ahava_pg_query_t *q, ngx_pool_t *pool);
@@ -898,19 +901,30 @@ ngx_ahava_ws_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (s->closing || s->op) {
-        /* nothing more is taken from a client being closed or served */
+    if (s->closing) {
         return;
     }
 
+    /* the messages that waited for an op, in order */
+    while (s->deferred && s->op == NULL) {
+        if (ngx_ahava_ws_undefer(s) != NGX_OK) {
+            return;
+        }
+    }
+
     if (s->pending) {
+        if (s->op) {
+            /* too much waits already: the client waits too (TCP) */
+            return;
+        }
+
         p = s->pending;
         s->pending = NULL;
 
         n = ngx_ahava_ws_consume(s, p + 0, p + s->pending_len);
         ngx_free(p);
 
-        if (n != NGX_OK || s->op || s->closing) {
+        if (n != NGX_OK || s->pending || s->closing) {
             return;
         }
     }
@@ -938,7 +952,7 @@ ngx_ahava_ws_read_handler(ngx_event_t *rev)
         if (ngx_ahava_ws_consume(s, ngx_ahava_ws_read_buf,
                                  ngx_ahava_ws_read_buf + n)
             != NGX_OK
-            || s->op || s->closing)
+            || s->pending || s->closing)
         {
             return;
         }
@@ -1000,7 +1014,18 @@ ngx_ahava_ws_consume(ngx_ahava_ws_session_t *s, u_char *p, u_char *last)
         switch (ev.opcode) {
 
         case NGX_AHAVA_WS_OP_TEXT:
-            ngx_ahava_ws_message(s, (u_char *) ev.data, ev.len);
+            if (s->op || s->deferred) {
+                if (ngx_ahava_ws_defer(s, (u_char *) ev.data, ev.len)
+                    != NGX_OK)
+                {
+                    ngx_ahava_ws_finalize(s);
+                    return NGX_ERROR;
+                }
+
+            } else {
+                ngx_ahava_ws_message(s, (u_char *) ev.data, ev.len);
+            }
+
             break;
 
         case NGX_AHAVA_WS_OP_BINARY:
@@ -1026,8 +1051,8 @@ ngx_ahava_ws_consume(ngx_ahava_ws_session_t *s, u_char *p, u_char *last)
             return NGX_ERROR;
         }
 
-        if (s->op && pos < last) {
-            /* the rest once the work is done */
+        if (s->deferred_bytes > s->parser.max_message && pos < last) {
+            /* enough waits: the rest once the work is done */
             s->pending = ngx_alloc(last - pos, s->connection->log);
             if (s->pending == NULL) {
                 ngx_ahava_ws_finalize(s);
@@ -1408,10 +1433,56 @@ ngx_ahava_ws_op_done(ngx_ahava_pg_query_t *q)
         return;
     }
 
-    if (s->op == NULL) {
+    if (s->op == NULL && (s->deferred || s->pending)) {
         /* what the client sent meanwhile */
         ngx_post_event(c->read, &ngx_posted_events);
     }
+}
+
+
+/* a client message kept until the op before it is done */
+
+static ngx_int_t
+ngx_ahava_ws_defer(ngx_ahava_ws_session_t *s, u_char *data, size_t len)
+{
+    ngx_ahava_ws_deferred_t  *d;
+
+    d = ngx_alloc(sizeof(ngx_ahava_ws_deferred_t) + len, s->connection->log);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    d->next = NULL;
+    d->len = len;
+    ngx_memcpy(d->data, data, len);
+
+    if (s->deferred == NULL) {
+        s->deferred_last = &s->deferred;
+    }
+
+    *s->deferred_last = d;
+    s->deferred_last = &d->next;
+    s->deferred_bytes += len;
+
+    return NGX_OK;
+}
+
+
+/* the oldest waiting message, served now; NGX_ERROR if the session closes */
+
+static ngx_int_t
+ngx_ahava_ws_undefer(ngx_ahava_ws_session_t *s)
+{
+    ngx_ahava_ws_deferred_t  *d;
+
+    d = s->deferred;
+    s->deferred = d->next;
+    s->deferred_bytes -= d->len;
+
+    ngx_ahava_ws_message(s, d->data, d->len);
+    ngx_free(d);
+
+    return s->closing ? NGX_ERROR : NGX_OK;
 }
 
 
@@ -1680,11 +1751,24 @@ static void
 ngx_ahava_ws_send_error(ngx_ahava_ws_session_t *s, const char *code,
     const char *message)
 {
-    u_char   data[256], *p;
+    u_char       data[512], *p, *last;
+    const char  *m;
 
-    /* codes and messages are ours, of plain characters */
-    p = ngx_snprintf(data, sizeof(data), "{\"code\":\"%s\",\"message\":\"%s\"}",
-                     code, message);
+    /* codes and messages are ours, ASCII: only quotes need escaping */
+    last = data + sizeof(data) - 3;
+    p = ngx_snprintf(data, sizeof(data) - 3,
+                     "{\"code\":\"%s\",\"message\":\"", code);
+
+    for (m = message; *m && p < last - 1; m++) {
+        if (*m == '"' || *m == '\\') {
+            *p++ = '\\';
+        }
+
+        *p++ = *m;
+    }
+
+    *p++ = '"';
+    *p++ = '}';
 
     ngx_ahava_ws_send_event(s, "ERROR", data, p - data);
 }
@@ -1762,7 +1846,11 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     ngx_memcpy(f->at, at, NGX_AHAVA_WS_TIME_KEY);
 
     p = ngx_cpymem(f->data, header, hlen);
-    p = ngx_cpymem(p, payload, len);
+
+    if (len) {
+        /* an empty PING has no payload pointer at all */
+        p = ngx_cpymem(p, payload, len);
+    }
 
     if (id) {
         f->id = p;
@@ -1989,7 +2077,11 @@ ngx_ahava_ws_ping_handler(ngx_event_t *ev)
 {
     ngx_ahava_ws_session_t  *s = ev->data;
 
-    if (ngx_current_msec - s->alive_at >= s->conf->pong_timeout) {
+    ngx_msec_t  silent, next;
+
+    silent = ngx_current_msec - s->alive_at;
+
+    if (silent >= s->conf->pong_timeout) {
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "ahava: websocket client silent for %M ms, closing",
                       ngx_current_msec - s->alive_at);
@@ -1999,8 +2091,11 @@ ngx_ahava_ws_ping_handler(ngx_event_t *ev)
 
     ngx_ahava_ws_send_control(s, NGX_AHAVA_WS_OP_PING, NULL, 0);
 
+    /* the next ping, or the moment the client's silence runs out */
+    next = ngx_min(s->conf->ping_interval, s->conf->pong_timeout - silent);
+
     if (!s->closing) {
-        ngx_add_timer(&s->timer, s->conf->ping_interval);
+        ngx_add_timer(&s->timer, next);
     }
 }
 
@@ -2041,6 +2136,13 @@ ngx_ahava_ws_close(ngx_ahava_ws_session_t *s, ngx_uint_t code)
 
     s->close_sent = 1;
     s->closing = 1;
+
+    /* what the socket takes now goes before the close (a PONG owed for a
+     * PING that came before it); only what it cannot take is dropped */
+    if (ngx_ahava_ws_flush(s) != NGX_OK) {
+        ngx_ahava_ws_finalize(s);
+        return;
+    }
 
     if (code == NGX_AHAVA_WS_CLOSE_NO_STATUS) {
         code = 0;
@@ -2111,6 +2213,7 @@ static void
 ngx_ahava_ws_finalize(ngx_ahava_ws_session_t *s)
 {
     ngx_connection_t          *c;
+    ngx_ahava_ws_deferred_t   *d;
     ngx_ahava_ws_main_conf_t  *wmcf;
 
     c = s->connection;
@@ -2143,6 +2246,12 @@ ngx_ahava_ws_finalize(ngx_ahava_ws_session_t *s)
 
     if (s->pending) {
         ngx_free(s->pending);
+    }
+
+    while (s->deferred) {
+        d = s->deferred;
+        s->deferred = d->next;
+        ngx_free(d);
     }
 
     if (s->replay) {
