@@ -46,10 +46,20 @@
     " p.id, p.\"firstName\", p.\"lastName\", n.id, n.\"firstName\","           \
     " n.\"lastName\", d.id, d.\"firstName\", d.\"lastName\""
 
+/*
+ * A person by primary key for each visit of the page.  The OFFSET 0 keeps
+ * each lookup a nested loop: in the generic plan the page's LIMIT $3 is
+ * estimated at a tenth of the table, and plain joins then scan users
+ * (an admin's page cost 2 ms instead of 0.6).
+ */
+#define NGX_AHAVA_PERSON_OF(alias, column)                                   \
+    " LEFT JOIN LATERAL (SELECT u.id, u.\"firstName\", u.\"lastName\""        \
+    " FROM users u WHERE u.id = v.\"" column "\" OFFSET 0) " alias " ON true"
+
 #define NGX_AHAVA_VISIT_PEOPLE                                               \
-    " LEFT JOIN users p ON p.id = v.\"patientId\""                           \
-    " LEFT JOIN users n ON n.id = v.\"nurseId\""                             \
-    " LEFT JOIN users d ON d.id = v.\"doctorId\""
+    NGX_AHAVA_PERSON_OF("p", "patientId")                                    \
+    NGX_AHAVA_PERSON_OF("n", "nurseId")                                      \
+    NGX_AHAVA_PERSON_OF("d", "doctorId")
 
 
 /*
@@ -57,14 +67,14 @@
  * filter or none, sortBy and sortOrder (made once at configuration time),
  * so that each one has the plan of its index: (nurseId, createdAt),
  * (doctorId, createdAt), the patient's bookings, createdAt; and the exact
- * total an index-only count.  The page is cut before its people are
+ * total an index-only count (the admin's: counters).  The page is cut before its people are
  * looked up.  $1 caller, $2 status (unused without),
  * $3 limit, $4 offset.  Rows: the total, then a visit's columns (one row
  * of NULLs when the page is empty).
  */
 
 #define NGX_AHAVA_VISITS_LIST                                                \
-    "SELECT t.total, v.* FROM (SELECT count(*) AS total FROM %s"            \
+    "SELECT t.total, v.* FROM (SELECT %s AS total FROM %s"                  \
     " WHERE %s AND %s) t LEFT JOIN LATERAL (SELECT "                         \
     NGX_AHAVA_VISIT_COLUMNS " FROM (SELECT v.*, b.\"patientId\""             \
     " FROM visits v JOIN bookings b ON b.id = v.\"bookingId\""               \
@@ -72,10 +82,18 @@
     " LIMIT $3::int OFFSET $4::int) v" NGX_AHAVA_VISIT_PEOPLE                \
     " ORDER BY v.%s %s, v.id %s) v ON true"
 
-/* by role: PATIENT, NURSE, DOCTOR, ADMIN (SPEC §5: role-filtered) */
+/*
+ * by role: PATIENT, NURSE, DOCTOR, ADMIN (SPEC §5: role-filtered).  An
+ * admin sees every visit: the total is the sum of the counters triggers
+ * keep per status (sql/005_visit_counts.sql), not a count of the table.
+ */
+static const char  *ngx_ahava_visits_count[] = {
+    "count(*)", "count(*)", "count(*)", "coalesce(sum(v.n), 0)::bigint"
+};
+
 static const char  *ngx_ahava_visits_count_from[] = {
     "visits v JOIN bookings b ON b.id = v.\"bookingId\"",
-    "visits v", "visits v", "visits v"
+    "visits v", "visits v", "ahava_visit_counts v"
 };
 
 static const char  *ngx_ahava_visits_filter[] = {
@@ -332,6 +350,7 @@ ngx_ahava_visits_declare(ngx_conf_t *cf)
                     }
 
                     ngx_snprintf(sql, len - 1, NGX_AHAVA_VISITS_LIST "%Z",
+                                 ngx_ahava_visits_count[role],
                                  ngx_ahava_visits_count_from[role],
                                  ngx_ahava_visits_filter[role],
                                  ngx_ahava_visits_status[status],

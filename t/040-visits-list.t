@@ -242,4 +242,48 @@ for my $m (qw(POST PUT DELETE PATCH)) {
     unlike($r->raw, qr/<html/i, "$m /api/visits: no HTML");
 }
 
+# The admin's total is the sum of counters that triggers keep
+# (sql/005_visit_counts.sql): it must equal a count of the table after
+# every kind of write, whoever makes it.
+{
+    require Ahava::Visits;
+    my @ST = qw(SCHEDULED EN_ROUTE ARRIVED IN_PROGRESS COMPLETED CANCELLED);
+    my $agree = sub {
+        my ($name) = @_;
+        my %db = map { $_->[0] => $_->[1] }
+                 @{ psql(q{SELECT status::text, count(*) FROM visits GROUP BY 1}) };
+        my $all = psql_value(q{SELECT count(*) FROM visits});
+        my @bad;
+        my $r = list('admin', 'limit=1');
+        push @bad, "all: " . ($r->json ? $r->json->{meta}{total} : 'none') . " vs $all"
+            unless $r->json && $r->json->{meta}{total} == $all;
+        for my $st (@ST) {
+            $r = list('admin', "status=$st&limit=1");
+            my $want = $db{$st} // 0;
+            push @bad, "$st: " . ($r->json ? $r->json->{meta}{total} : 'none') . " vs $want"
+                unless $r->json && $r->json->{meta}{total} == $want;
+        }
+        ok(!@bad, "admin totals = counts of the table: $name") or diag(join("\n", @bad));
+    };
+    $agree->('at the start');
+    my @new = Ahava::Visits::new_visits([map { { status => 'SCHEDULED' } } 1 .. 5]);
+    $agree->('after 5 inserted by SQL');
+    for my $step (['EN_ROUTE', 'nurse1'], ['ARRIVED', 'nurse1'], ['IN_PROGRESS', 'nurse1']) {
+        my $r = Ahava::Visits::mutate('status', $new[0], as => $step->[1], body => { status => $step->[0] });
+        is($r->status, 200, "PATCH to $step->[0]");
+        $agree->("after the PATCH to $step->[0]");
+    }
+    my $r = Ahava::Visits::mutate('cancel', $new[1], as => 'admin', body => { reason => 'counter test' });
+    is($r->status, 200, 'the admin cancels one');
+    $agree->('after a cancellation');
+    psql(qq{UPDATE visits SET status = 'COMPLETED', "updatedAt" = LOCALTIMESTAMP(3) WHERE id = '$new[2]'});
+    psql(qq{UPDATE visits SET "updatedAt" = LOCALTIMESTAMP(3) WHERE id = '$new[3]'});
+    $agree->('after UPDATEs by SQL (one of the status, one of something else)');
+    psql(qq{DELETE FROM visits WHERE id = '$new[4]'});
+    $agree->('after a DELETE');
+    psql(q{BEGIN; UPDATE visits SET status = 'CANCELLED', "updatedAt" = LOCALTIMESTAMP(3)
+           WHERE status = 'SCHEDULED'; ROLLBACK;});
+    $agree->('after a rolled-back UPDATE of many');
+}
+
 done_ahava();
