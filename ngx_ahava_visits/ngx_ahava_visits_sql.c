@@ -131,6 +131,23 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  */
 
 #define NGX_AHAVA_VISIT_MUTATION(set, who, when, target, extra, event)       \
+    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event,             \
+                           NGX_AHAVA_VISIT_AFTER)
+
+/* the visit after the change, as the detail shows it */
+#define NGX_AHAVA_VISIT_AFTER                                                \
+    "SELECT " NGX_AHAVA_VISIT_COLUMNS ","                                    \
+    " coalesce(v.\"gpsCoordinates\", '[]'::jsonb), v.\"nurseReport\""        \
+    " FROM (SELECT upd.*, b.\"patientId\" FROM upd"                         \
+    " JOIN bookings b ON b.id = upd.\"bookingId\") v"                        \
+    NGX_AHAVA_VISIT_PEOPLE
+
+/* only who it concerns: an answer that is the event (the location's) */
+#define NGX_AHAVA_VISIT_AFTER_IDS                                            \
+    "SELECT upd.id, upd.\"bookingId\", upd.status, ok.\"patientId\","        \
+    " upd.\"nurseId\", upd.\"doctorId\" FROM upd, ok"
+
+#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event, after)  \
     "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
     " b.\"patientId\" FROM visits v JOIN bookings b"                         \
     " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"     \
@@ -145,11 +162,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " (SELECT \"nurseId\" FROM ok), (SELECT \"doctorId\" FROM ok),"          \
     " (SELECT json_build_object('visitId', upd.id, " event ")::text"         \
     " FROM upd, ok), after.*"                                                \
-    " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_VISIT_COLUMNS ","     \
-    " coalesce(v.\"gpsCoordinates\", '[]'::jsonb), v.\"nurseReport\""        \
-    " FROM (SELECT upd.*, b.\"patientId\" FROM upd"                         \
-    " JOIN bookings b ON b.id = upd.\"bookingId\") v"                        \
-    NGX_AHAVA_VISIT_PEOPLE ") after ON true"
+    " FROM (SELECT 1) one LEFT JOIN (" after ") after ON true"
 
 /* who may: by role ($3), over the visit row t */
 #define NGX_AHAVA_ADMIN(t)         "($3::text = 'ADMIN')"
@@ -233,9 +246,11 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
       5, 0, "" },
 
     /* POST /api/visits/:id/location {lat, lng}: appended, the newest 1000
-     * kept; the nurse's last known position with it */
+     * kept; the nurse's last known position with it.  The answer is the
+     * point (the event's data), not the visit and its history: a nurse's
+     * app sends one every few seconds */
     { ngx_string("visit location"),
-      NGX_AHAVA_VISIT_MUTATION(
+      NGX_AHAVA_VISIT_CHANGE(
           "\"gpsCoordinates\" = CASE"
           " WHEN jsonb_array_length(" NGX_AHAVA_GPS_HISTORY ") < 1000"
           " THEN " NGX_AHAVA_GPS_HISTORY " || " NGX_AHAVA_GPS_POINT
@@ -252,7 +267,8 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
           "'nurseId', $2::text,"
           " 'lat', upd.\"gpsCoordinates\"->-1->'lat',"
           " 'lng', upd.\"gpsCoordinates\"->-1->'lng',"
-          " 'timestamp', upd.\"gpsCoordinates\"->-1->'timestamp'"),
+          " 'timestamp', upd.\"gpsCoordinates\"->-1->'timestamp'",
+          NGX_AHAVA_VISIT_AFTER_IDS),
       5, 0, "" },
 
     /* POST /api/visits/:id/nurse-report {nurseReport}: $4 its ciphertext;

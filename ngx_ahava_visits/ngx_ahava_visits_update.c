@@ -17,6 +17,7 @@ typedef struct {
     const char                *event;           /* SPEC §8 */
     const char                *audit;           /* written with it, or NULL */
     const char                *target_field;    /* the assignee's field */
+    ngx_uint_t                 answer_event;    /* answered with the event */
 } ngx_ahava_visit_mutation_t;
 
 
@@ -34,16 +35,16 @@ static ngx_int_t ngx_ahava_visit_audit_id(ngx_http_request_t *r,
 
 
 static ngx_ahava_visit_mutation_t  ngx_ahava_visit_mutations[] = {
-    { NGX_AHAVA_VISIT_DETAIL, NULL, NULL, NULL },
-    { NGX_AHAVA_VISIT_STATUS, "VISIT_STATUS_UPDATED", NULL, NULL },
-    { NGX_AHAVA_VISIT_LOCATION, "NURSE_LOCATION_UPDATE", NULL, NULL },
-    { NGX_AHAVA_VISIT_REPORT, "NURSE_REPORT_ADDED", NULL, NULL },
-    { NGX_AHAVA_VISIT_REVIEW, "DOCTOR_REVIEW_ADDED", NULL, NULL },
-    { NGX_AHAVA_VISIT_CANCEL, "VISIT_CANCELLED", "VISIT_CANCELLED", NULL },
+    { NGX_AHAVA_VISIT_DETAIL, NULL, NULL, NULL, 0 },
+    { NGX_AHAVA_VISIT_STATUS, "VISIT_STATUS_UPDATED", NULL, NULL, 0 },
+    { NGX_AHAVA_VISIT_LOCATION, "NURSE_LOCATION_UPDATE", NULL, NULL, 1 },
+    { NGX_AHAVA_VISIT_REPORT, "NURSE_REPORT_ADDED", NULL, NULL, 0 },
+    { NGX_AHAVA_VISIT_REVIEW, "DOCTOR_REVIEW_ADDED", NULL, NULL, 0 },
+    { NGX_AHAVA_VISIT_CANCEL, "VISIT_CANCELLED", "VISIT_CANCELLED", NULL, 0 },
     { NGX_AHAVA_VISIT_ASSIGN_NURSE, "NURSE_ASSIGNED", "NURSE_ASSIGNED",
-      "nurseId" },
+      "nurseId", 0 },
     { NGX_AHAVA_VISIT_ASSIGN_DOCTOR, "DOCTOR_ASSIGNED", "DOCTOR_ASSIGNED",
-      "doctorId" }
+      "doctorId", 0 }
 };
 
 
@@ -391,6 +392,24 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                              (u_char *) PQgetvalue(res, 0, NGX_AHAVA_MUT_EVENT),
                              PQgetlength(res, 0, NGX_AHAVA_MUT_EVENT), to, 5,
                              0);
+
+    if (m->answer_event) {
+        /* {visitId, nurseId, lat, lng, timestamp}, as the event says it */
+        len = PQgetlength(res, 0, NGX_AHAVA_MUT_EVENT);
+
+        body = ngx_pnalloc(r->pool, sizeof("{\"success\":true,\"data\":}")
+                                    + len);
+        if (body == NULL) {
+            return ngx_ahava_fail(r, ctx);
+        }
+
+        p = ngx_cpymem(body, "{\"success\":true,\"data\":",
+                       sizeof("{\"success\":true,\"data\":") - 1);
+        p = ngx_cpymem(p, PQgetvalue(res, 0, NGX_AHAVA_MUT_EVENT), len);
+        *p++ = '}';
+
+        return ngx_ahava_answer_text(r, ctx, NGX_HTTP_OK, body, p - body);
+    }
 
     more = NGX_AHAVA_MUT_VISIT + ngx_ahava_row_ncols(ngx_ahava_visit_cols);
 
