@@ -131,7 +131,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  */
 
 #define NGX_AHAVA_VISIT_MUTATION(set, who, when, target, extra, event)       \
-    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event,             \
+    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event, "v.*",      \
                            NGX_AHAVA_VISIT_AFTER)
 
 /* the visit after the change, as the detail shows it */
@@ -142,12 +142,17 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " JOIN bookings b ON b.id = upd.\"bookingId\") v"                        \
     NGX_AHAVA_VISIT_PEOPLE
 
-/* only who it concerns: an answer that is the event (the location's) */
+/* only who it concerns: an answer that is the event (the location's); its
+ * RETURNING leaves the changed history out of the CTE */
+#define NGX_AHAVA_VISIT_IDS                                                  \
+    "v.id, v.\"bookingId\", v.status, v.\"nurseId\", v.\"doctorId\""
+
 #define NGX_AHAVA_VISIT_AFTER_IDS                                            \
     "SELECT upd.id, upd.\"bookingId\", upd.status, ok.\"patientId\","        \
     " upd.\"nurseId\", upd.\"doctorId\" FROM upd, ok"
 
-#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event, after)  \
+#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event,        \
+    returning, after)                                                        \
     "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
     " b.\"patientId\" FROM visits v JOIN bookings b"                         \
     " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"     \
@@ -155,7 +160,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " upd AS (UPDATE visits v SET " set ","                                  \
     " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
     " AND " who("v") " AND " when " AND " target                             \
-    " RETURNING v.*)" extra                                                  \
+    " RETURNING " returning ")" extra                                        \
     " SELECT (SELECT count(*) FROM ok),"                                     \
     " coalesce((SELECT " who("ok") " FROM ok), false), " target ","          \
     " (SELECT status::text FROM ok),"                                        \
@@ -264,11 +269,11 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
           " \"lastLocationUpdate\" = LOCALTIMESTAMP(3),"
           " \"updatedAt\" = LOCALTIMESTAMP(3) FROM upd"
           " WHERE u.id = upd.\"nurseId\")",
-          "'nurseId', $2::text,"
-          " 'lat', upd.\"gpsCoordinates\"->-1->'lat',"
-          " 'lng', upd.\"gpsCoordinates\"->-1->'lng',"
-          " 'timestamp', upd.\"gpsCoordinates\"->-1->'timestamp'",
-          NGX_AHAVA_VISIT_AFTER_IDS),
+          /* the point as stored (LOCALTIMESTAMP is the statement's), not
+           * read back: each -> would detoast the whole history */
+          "'nurseId', $2::text, 'lat', $4::float8, 'lng', $5::float8,"
+          " 'timestamp', " NGX_AHAVA_TS("LOCALTIMESTAMP(3)"),
+          NGX_AHAVA_VISIT_IDS, NGX_AHAVA_VISIT_AFTER_IDS),
       5, 0, "" },
 
     /* POST /api/visits/:id/nurse-report {nurseReport}: $4 its ciphertext;
