@@ -61,6 +61,7 @@ static void ngx_ahava_redis_add_write(void *data);
 static void ngx_ahava_redis_del_write(void *data);
 static void ngx_ahava_redis_cleanup(void *data);
 static void ngx_ahava_redis_connected(const redisAsyncContext *ac, int status);
+static void ngx_ahava_redis_keepalive(ngx_ahava_redis_t *redis, int fd);
 static void ngx_ahava_redis_disconnected(const redisAsyncContext *ac,
     int status);
 static void ngx_ahava_redis_schedule(ngx_ahava_redis_t *redis);
@@ -124,7 +125,7 @@ ngx_ahava_redis_destroy(ngx_ahava_redis_t *redis)
 /*
  * A subscriber's connection: once subscribed, Redis answers a PING with a
  * pub/sub reply hiredis 0.14 gives to no callback, so the liveness PING is
- * not sent; its owner watches the connection its own way.
+ * not sent; TCP keepalive watches the connection instead.
  */
 
 void
@@ -368,6 +369,37 @@ ngx_ahava_redis_cleanup(void *data)
 
 
 /*
+ * A subscriber only reads, and hiredis 0.14 cannot PING it (see above):
+ * TCP keepalive finds a peer that vanished without a reset (a host gone,
+ * a partition) in about 25 s; the read then fails and the client
+ * reconnects and subscribes again.
+ */
+
+static void
+ngx_ahava_redis_keepalive(ngx_ahava_redis_t *redis, int fd)
+{
+#if (NGX_HAVE_KEEPALIVE_TUNABLE)
+    int  on, idle, intvl, cnt;
+
+    on = 1;
+    idle = 10;
+    intvl = 5;
+    cnt = 3;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(int)) == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(int)) == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(int))
+           == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(int)) == -1)
+    {
+        ngx_log_error(NGX_LOG_WARN, redis->log, ngx_socket_errno,
+                      "ahava: redis subscriber keepalive not set");
+    }
+#endif
+}
+
+
+/*
  * Connected: AUTH and SELECT first, then a PING whose answer, coming after
  * theirs, says the client is ready.  A refused AUTH or SELECT disconnects
  * and retries with back-off.
@@ -392,6 +424,10 @@ ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
         redis->connected = 0;
         ngx_ahava_redis_schedule(redis);
         return;
+    }
+
+    if (redis->subscriber) {
+        ngx_ahava_redis_keepalive(redis, ac->c.fd);
     }
 
     if (amcf->redis_password.len) {

@@ -94,6 +94,15 @@ ok(pong_of($sock), 'patient1: PING answered (subscribed before the first event)'
 my $owner = tcp_owner_pid($N->port, $sock->local_port);
 ok($owner && grep({ $_ == $owner } @workers), "patient1's socket is held by worker $owner");
 ok(poll_until(5, sub { redis_numsub($P1) == 1 }), "one worker subscribed to patient1's channel");
+{
+    # the subscriber cannot be PINGed (hiredis 0.14): TCP keepalive watches it
+    my $rport = Ahava::Test::redis()->port;
+    my (undef, $out) = Ahava::Test::Util::run_capture(['ss', '-Htnop', 'state', 'established',
+                                                       'dst', "127.0.0.1:$rport"]);
+    my @mine = grep { /pid=\Q$owner\E,/ } split /\n/, $out;
+    ok((grep { /timer:\(keepalive,/ } @mine), "the worker's subscriber connection to Redis has TCP keepalive")
+        or diag($out);
+}
 is(redis_numsub($N1), 0, 'no worker subscribed to nurse1 (no socket of hers)');
 
 my (%served, @sent);
