@@ -31,14 +31,10 @@ typedef struct ngx_ahava_ws_hub_s      ngx_ahava_ws_hub_t;
  * A frame as it goes on the wire (header and payload), built once and
  * shared by every socket it is queued on; freed with its last reference.
  */
-/* a message's createdAt as digits, YYYYMMDDhhmmssSSS: comparable */
-#define NGX_AHAVA_WS_TIME_KEY      17
-
 typedef struct {
     ngx_uint_t                 refs;
     size_t                     len;
     u_char                    *id;              /* NEW_MESSAGE: its id */
-    u_char                     at[NGX_AHAVA_WS_TIME_KEY]; /* and createdAt */
     u_char                     data[1];
 } ngx_ahava_ws_frame_t;
 
@@ -77,6 +73,7 @@ struct ngx_ahava_ws_channel_s {
 struct ngx_ahava_ws_session_s {
     ngx_connection_t          *connection;
     ngx_http_request_t        *request;         /* until the takeover */
+    ngx_pool_cleanup_t        *cleanup;         /* frees it until then */
     ngx_ahava_ws_loc_conf_t   *conf;
     ngx_ahava_ws_channel_t    *channel;
     ngx_queue_t                queue;           /* in channel->sessions */
@@ -119,6 +116,7 @@ struct ngx_ahava_ws_session_s {
     unsigned                   close_sent:1;
     unsigned                   replaying:1;
     unsigned                   replay_started:1; /* once subscribed */
+    unsigned                   replay_due:1;    /* after the current op */
     unsigned                   replay_wait:1;   /* for the queue to drain */
 };
 
@@ -149,7 +147,6 @@ ngx_ahava_ws_frame_t *ngx_ahava_ws_frame_create(int opcode, u_char *payload,
 void ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f);
 void ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f);
 void ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s);
-size_t ngx_ahava_ws_time_key(u_char *key, u_char *p, u_char *last);
 
 
 #endif /* _NGX_AHAVA_WS_H_INCLUDED_ */

@@ -227,15 +227,16 @@ ngx_ahava_ws_hub_flush(ngx_event_t *ev)
                                          hub, "SUBSCRIBE "
                                          NGX_AHAVA_WS_CHANNEL "%b",
                                          ch->id, ch->id_len);
-            if (rc != NGX_OK) {
-                /* Redis is away: subscribed again when it is ready */
+            if (rc == NGX_OK) {
+                ch->state = NGX_AHAVA_WS_CH_SUBSCRIBING;
+
+            } else {
+                /* Redis is away: the ready callback marks every channel
+                 * again; the others are still brought along (freed) */
                 ngx_ahava_log_limited(&hub->error_log, NGX_LOG_WARN, hub->log,
                                       "ahava: websocket events wait for "
                                       "redis");
-                return;
             }
-
-            ch->state = NGX_AHAVA_WS_CH_SUBSCRIBING;
 
         } else if (ch->nsessions == 0
                    && (ch->state == NGX_AHAVA_WS_CH_SUBSCRIBING

@@ -44,12 +44,22 @@ typedef struct {
 } ngx_ahava_ws_main_conf_t;
 
 
-/* the cursor of a replay: the last message sent */
+/*
+ * A replay: its cursor (the last message sent) and the ids of the last
+ * messages it sent, so that a live event of one of them, arriving after
+ * its page, is not sent again (one that arrives before is marked in the
+ * held queue).  Dropping by id only: a message older than the cursor that
+ * committed late is still delivered.
+ */
+#define NGX_AHAVA_WS_REPLAY_IDS    256
+
 typedef struct {
     u_char                     at[64];
     size_t                     at_len;
     u_char                     id[NGX_AHAVA_ID_MAX_LEN + 1];
-    u_char                     key[NGX_AHAVA_WS_TIME_KEY]; /* of at */
+    ngx_uint_t                 nsent;
+    u_char                     sent[NGX_AHAVA_WS_REPLAY_IDS]
+                                   [NGX_AHAVA_ID_MAX_LEN + 1];
 } ngx_ahava_ws_replay_t;
 
 
@@ -62,6 +72,7 @@ typedef struct {
     ngx_ahava_pg_query_t       query;
     ngx_ahava_ws_session_t    *session;
     ngx_ahava_ws_done_pt       done;
+    ngx_pool_t                *pool;            /* the op's, s->op */
 } ngx_ahava_ws_op_t;
 
 
@@ -86,6 +97,7 @@ static ngx_int_t ngx_ahava_ws_has_token(ngx_str_t *value, const char *token);
 static ngx_int_t ngx_ahava_ws_push_header(ngx_http_request_t *r,
     const char *name, u_char *value, size_t len);
 static void ngx_ahava_ws_takeover(ngx_event_t *ev);
+static void ngx_ahava_ws_abandon(void *data);
 static void ngx_ahava_ws_takeover_write(ngx_http_request_t *r);
 
 static void ngx_ahava_ws_read_handler(ngx_event_t *rev);
@@ -546,12 +558,20 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
         ngx_memcpy(replay->at, PQgetvalue(since, 0, 0), replay->at_len);
         ngx_cpystrn(replay->id, (u_char *) PQgetvalue(since, 0, 1),
                     sizeof(replay->id));
-        (void) ngx_ahava_ws_time_key(replay->key, replay->at,
-                                     replay->at + replay->at_len);
 
         s->replay = replay;
         s->replaying = 1;
     }
+
+    s->cleanup = ngx_pool_cleanup_add(r->pool, 0);
+    if (s->cleanup == NULL) {
+        ngx_free(s->replay);
+        ngx_free(s);
+        return ngx_ahava_fail(r, ctx);
+    }
+
+    s->cleanup->handler = ngx_ahava_ws_abandon;
+    s->cleanup->data = s;
 
     s->request = r;
     ctx->data = s;
@@ -568,8 +588,7 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     /* the user's id, until the takeover joins the hub */
     s->pending = ngx_alloc(ctx->user.id_len + 1, r->connection->log);
     if (s->pending == NULL) {
-        ngx_free(s->replay);
-        ngx_free(s);
+        /* the cleanup frees s with the request */
         return ngx_ahava_fail(r, ctx);
     }
 
@@ -590,9 +609,7 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
                                         (u_char *) "bearer",
                                         sizeof("bearer") - 1) != NGX_OK))
     {
-        ngx_free(s->pending);
-        ngx_free(s->replay);
-        ngx_free(s);
+        /* the cleanup frees s with the request */
         return ngx_ahava_fail(r, ctx);
     }
 
@@ -604,9 +621,7 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK) {
-        ngx_free(s->pending);
-        ngx_free(s->replay);
-        ngx_free(s);
+        /* the cleanup frees s with the request */
         ctx->rc = NGX_ERROR;
         return NGX_AHAVA_ANSWERED;
     }
@@ -650,8 +665,9 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "ahava: websocket takeover");
 
     if (r->out || c->buffered) {
-        /* the 101 is not all out yet */
+        /* the 101 is not all out yet: nginx's way, with send_timeout */
         r->write_event_handler = ngx_ahava_ws_takeover_write;
+        ngx_ahava_ws_takeover_write(r);
         return;
     }
 
@@ -668,10 +684,9 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     if (b && b->pos < b->last) {
         early = ngx_alloc(b->last - b->pos, c->log);
         if (early == NULL) {
-            ngx_free(id);
+            s->pending = id;
+            /* the cleanup frees s with the request */
             ngx_http_finalize_request(r, NGX_ERROR);
-            ngx_free(s->replay);
-            ngx_free(s);
             return;
         }
 
@@ -690,7 +705,9 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
         ngx_del_timer(c->write);
     }
 
-    /* the request goes (its access log line is written: 101) */
+    /* the request goes (its access log line is written: 101); s stays */
+    s->cleanup->handler = NULL;
+    s->cleanup = NULL;
     ngx_http_free_request(r, 0);
 
     c->destroyed = 0;
@@ -752,6 +769,13 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     s->timer.handler = ngx_ahava_ws_ping_handler;
     ngx_add_timer(&s->timer, s->conf->ping_interval);
 
+    if (ngx_exiting) {
+        /* a graceful stop began while this socket was being set up: it
+         * missed the worker's pass over idle connections */
+        ngx_ahava_ws_close(s, NGX_AHAVA_WS_CLOSE_GOING_AWAY);
+        return;
+    }
+
     if (s->replaying && ngx_ahava_ws_hub_listening(wmcf->hub, s)) {
         ngx_ahava_ws_listening(s);
     }
@@ -761,26 +785,80 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
 }
 
 
+/* the request ended before the takeover (an error, a client gone) */
+
+static void
+ngx_ahava_ws_abandon(void *data)
+{
+    ngx_ahava_ws_session_t *s = data;
+
+    if (s->timer.posted) {
+        ngx_delete_posted_event(&s->timer);
+    }
+
+    if (s->pending) {
+        ngx_free(s->pending);
+    }
+
+    if (s->replay) {
+        ngx_free(s->replay);
+    }
+
+    ngx_free(s);
+}
+
+
 static void
 ngx_ahava_ws_takeover_write(ngx_http_request_t *r)
 {
-    ngx_ahava_ctx_t         *ctx;
-    ngx_ahava_ws_session_t  *s;
+    ngx_event_t               *wev;
+    ngx_ahava_ctx_t           *ctx;
+    ngx_connection_t          *c;
+    ngx_ahava_ws_session_t    *s;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    c = r->connection;
+    wev = c->write;
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "ahava: client timed out reading the 101");
+        c->timedout = 1;
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return;
+    }
 
     if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_ERROR);
         return;
     }
 
-    if (r->out || r->connection->buffered) {
+    if (r->out || c->buffered) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        if (!wev->delayed) {
+            ngx_add_timer(wev, clcf->send_timeout);
+        }
+
+        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_ERROR);
+        }
+
         return;
+    }
+
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_ahava_core_module);
     s = ctx ? ctx->data : NULL;
 
     if (s) {
-        ngx_ahava_ws_takeover(&s->timer);
+        /* from an event, once nginx's request handler has returned: the
+         * takeover frees the request it still holds */
+        r->write_event_handler = ngx_http_request_empty_handler;
+        ngx_post_event(&s->timer, &ngx_posted_events);
     }
 }
 
@@ -931,6 +1009,12 @@ ngx_ahava_ws_read_handler(ngx_event_t *rev)
 
     for (total = 0; total < NGX_AHAVA_WS_READ_MAX; total += n) {
 
+        if (s->op && s->deferred_bytes > s->parser.max_message) {
+            /* enough waits: the client waits too (TCP); the op's end
+             * reads on */
+            return;
+        }
+
         n = c->recv(c, ngx_ahava_ws_read_buf, NGX_AHAVA_WS_READ_BUF);
 
         if (n == NGX_AGAIN) {
@@ -958,8 +1042,8 @@ ngx_ahava_ws_read_handler(ngx_event_t *rev)
         }
     }
 
-    /* a fast client: the others get their turn first */
-    ngx_post_event(rev, &ngx_posted_events);
+    /* a fast client: the others, and timers, get their turn first */
+    ngx_post_event(rev, &ngx_posted_next_events);
 }
 
 
@@ -981,7 +1065,9 @@ ngx_ahava_ws_consume(ngx_ahava_ws_session_t *s, u_char *p, u_char *last)
     while (pos < last) {
 
         if (s->parser.msg_buf == NULL) {
-            if (ngx_ahava_ws_spare) {
+            if (ngx_ahava_ws_spare
+                && ngx_ahava_ws_spare_size == s->parser.max_message)
+            {
                 s->parser.msg_buf = ngx_ahava_ws_spare;
                 ngx_ahava_ws_spare = NULL;
 
@@ -1353,6 +1439,7 @@ ngx_ahava_ws_op(ngx_ahava_ws_session_t *s, ngx_ahava_stmt_t *stmt)
     }
 
     o->session = s;
+    o->pool = s->op;
     o->query.stmt = stmt;
     o->query.nparams = stmt->nparams;
     o->query.log = s->connection->log;
@@ -1411,11 +1498,18 @@ ngx_ahava_ws_op_done(ngx_ahava_pg_query_t *q)
 
     /* the continuation may start the next piece of work (in a new pool):
      * it is given this one's */
-    pool = s->op;
-    s->op = NULL;
-    s->query = NULL;
+    pool = o->pool;
 
-    if (q->rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+    if (s->op == pool) {
+        s->op = NULL;
+        s->query = NULL;
+    }
+
+    if (q->rc != NGX_OK && o->done == ngx_ahava_ws_replayed) {
+        /* the client learns it was not replayed: it reconnects */
+        ngx_ahava_ws_fail(s, NGX_AHAVA_WS_CLOSE_TRY_AGAIN);
+
+    } else if (q->rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
         ngx_ahava_ws_send_error(s, "SERVICE_UNAVAILABLE",
                                 "Database unavailable, try again later");
 
@@ -1431,6 +1525,20 @@ ngx_ahava_ws_op_done(ngx_ahava_pg_query_t *q)
     if (s->closing) {
         ngx_post_event(c->write, &ngx_posted_events);
         return;
+    }
+
+    if (s->op == NULL && s->replay_due) {
+        /* the subscription came while this op ran */
+        s->replay_due = 0;
+        ngx_ahava_ws_replay_page(s);
+    }
+
+    if (s->op == NULL && s->replay_wait
+        && s->out_bytes < s->conf->send_queue / 4)
+    {
+        /* the queue drained while this op ran */
+        s->replay_wait = 0;
+        ngx_ahava_ws_replay_page(s);
     }
 
     if (s->op == NULL && (s->deferred || s->pending)) {
@@ -1601,7 +1709,8 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
         ngx_memcpy(rp->at, PQgetvalue(res, i, NGX_AHAVA_MESSAGE_CREATED_AT),
                    rp->at_len);
         ngx_cpystrn(rp->id, id, sizeof(rp->id));
-        (void) ngx_ahava_ws_time_key(rp->key, rp->at, rp->at + rp->at_len);
+        ngx_cpystrn(rp->sent[rp->nsent++ % NGX_AHAVA_WS_REPLAY_IDS], id,
+                    NGX_AHAVA_ID_MAX_LEN + 1);
 
         if (s->out_bytes > s->conf->send_queue / 2) {
             /* the rest once the client has read this: the queue stays
@@ -1630,50 +1739,17 @@ ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
     }
 
     s->replay_started = 1;
+
+    if (s->op) {
+        /* one statement at a time: after the client's */
+        s->replay_due = 1;
+        return;
+    }
+
     ngx_ahava_ws_replay_page(s);
 }
 
 
-/*
- * The digits of a timestamp as PostgreSQL writes it ("2026-12-01
- * 10:00:00.12") or as our JSON does ("2026-12-01T10:00:00.120Z"), the
- * fraction padded to milliseconds: keys compare as the times do.
- */
-
-size_t
-ngx_ahava_ws_time_key(u_char *key, u_char *p, u_char *last)
-{
-    size_t  n, frac;
-
-    n = 0;
-
-    while (p < last && n < 14) {
-        if (*p >= '0' && *p <= '9') {
-            key[n++] = *p;
-        }
-
-        p++;
-    }
-
-    if (n < 14) {
-        return 0;
-    }
-
-    frac = 0;
-
-    if (p < last && *p == '.') {
-        for (p++; p < last && frac < 3 && *p >= '0' && *p <= '9'; p++) {
-            key[n++] = *p;
-            frac++;
-        }
-    }
-
-    while (frac++ < 3) {
-        key[n++] = '0';
-    }
-
-    return n;
-}
 
 
 static void
@@ -1695,6 +1771,9 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 
     for ( /* void */ ; out; out = next) {
         next = out->next;
+
+        /* counted once held; queued again below */
+        s->out_bytes -= out->frame->len;
 
         if (!out->duplicate && !s->closing) {
             ngx_ahava_ws_queue(s, out->frame, 0);
@@ -1797,7 +1876,6 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     u_char                *p, *id, *end;
     size_t                 hlen, ilen;
     u_char                 header[NGX_AHAVA_WS_MAX_HEADER];
-    u_char                 at[NGX_AHAVA_WS_TIME_KEY];
     ngx_ahava_ws_frame_t  *f;
 
     hlen = ngx_ahava_ws_frame_header(header, opcode, 1, len);
@@ -1821,19 +1899,6 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
         }
     }
 
-    ngx_memzero(at, NGX_AHAVA_WS_TIME_KEY);
-
-    if (id) {
-        p = ngx_strlcasestrn(id, payload + len, (u_char *) "\"createdAt\":\"",
-                             sizeof("\"createdAt\":\"") - 1 - 1);
-        if (p == NULL
-            || ngx_ahava_ws_time_key(at, p + sizeof("\"createdAt\":\"") - 1,
-                                     payload + len)
-               != NGX_AHAVA_WS_TIME_KEY)
-        {
-            ngx_memzero(at, NGX_AHAVA_WS_TIME_KEY);
-        }
-    }
 
     f = ngx_alloc(sizeof(ngx_ahava_ws_frame_t) + hlen + len
                   + (id ? ilen + 1 : 0), log);
@@ -1843,7 +1908,6 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
 
     f->refs = 0;
     f->len = hlen + len;
-    ngx_memcpy(f->at, at, NGX_AHAVA_WS_TIME_KEY);
 
     p = ngx_cpymem(f->data, header, hlen);
 
@@ -1880,27 +1944,25 @@ void
 ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
 {
     ngx_ahava_ws_replay_t  *rp;
-
     if (s->closing) {
         return;
     }
 
+    ngx_uint_t              i, n;
+
     rp = s->replay;
 
-    if (rp && f->id && f->at[0]) {
-        /* at or before the replay's cursor: it was replayed (the page's
-         * query saw it committed, as its event follows its commit) */
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
-                       "ahava: websocket live message \"%s\" vs cursor",
-                       f->id);
+    if (rp && f->id) {
+        /* a message the replay sent already */
+        n = ngx_min(rp->nsent, NGX_AHAVA_WS_REPLAY_IDS);
 
-        if (rp->key[0] && (ngx_memcmp(f->at, rp->key, NGX_AHAVA_WS_TIME_KEY)
-                           < 0
-                           || (ngx_memcmp(f->at, rp->key,
-                                          NGX_AHAVA_WS_TIME_KEY) == 0
-                               && ngx_strcmp(f->id, rp->id) <= 0)))
-        {
-            return;
+        for (i = 0; i < n; i++) {
+            if (ngx_strcmp(rp->sent[i], f->id) == 0) {
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                               "ahava: websocket live message \"%s\" was "
+                               "replayed", f->id);
+                return;
+            }
         }
     }
 
@@ -1922,6 +1984,15 @@ ngx_ahava_ws_queue(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f,
 
     /* a frame with no reference yet is this socket's only: freed here on
      * failure, with its place once written */
+
+    if (s->close_sent) {
+        /* nothing follows a Close frame */
+        if (f->refs == 0) {
+            ngx_free(f);
+        }
+
+        return;
+    }
 
     if (s->out_bytes + f->len > s->conf->send_queue) {
         if (f->refs == 0) {
