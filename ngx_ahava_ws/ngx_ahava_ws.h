@@ -114,7 +114,6 @@ struct ngx_ahava_ws_session_s {
 
     unsigned                   closing:1;       /* close once flushed */
     unsigned                   close_sent:1;
-    unsigned                   replaying:1;
     unsigned                   replay_started:1; /* once subscribed */
     unsigned                   replay_due:1;    /* after the current op */
     unsigned                   replay_wait:1;   /* for the queue to drain */

@@ -560,7 +560,6 @@ ngx_ahava_ws_upgrade(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
                     sizeof(replay->id));
 
         s->replay = replay;
-        s->replaying = 1;
     }
 
     s->cleanup = ngx_pool_cleanup_add(r->pool, 0);
@@ -776,7 +775,7 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
         return;
     }
 
-    if (s->replaying && ngx_ahava_ws_hub_listening(wmcf->hub, s)) {
+    if (s->replay && ngx_ahava_ws_hub_listening(wmcf->hub, s)) {
         ngx_ahava_ws_listening(s);
     }
 
@@ -1734,7 +1733,7 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
 void
 ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
 {
-    if (!s->replaying || s->replay_started || s->closing) {
+    if (s->replay == NULL || s->replay_started || s->closing) {
         return;
     }
 
@@ -1760,7 +1759,6 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "ahava: websocket replay done");
 
-    s->replaying = 0;
     ngx_free(s->replay);
     s->replay = NULL;
 
@@ -1830,23 +1828,15 @@ static void
 ngx_ahava_ws_send_error(ngx_ahava_ws_session_t *s, const char *code,
     const char *message)
 {
-    u_char       data[512], *p, *last;
-    const char  *m;
+    u_char  data[512], *p;
+    size_t  len;
 
-    /* codes and messages are ours, ASCII: only quotes need escaping */
-    last = data + sizeof(data) - 3;
-    p = ngx_snprintf(data, sizeof(data) - 3,
-                     "{\"code\":\"%s\",\"message\":\"", code);
+    /* codes and messages are ours, short; the core escapes the message
+     * (at most 6 bytes a character) */
+    len = ngx_min(ngx_strlen(message), 64);
 
-    for (m = message; *m && p < last - 1; m++) {
-        if (*m == '"' || *m == '\\') {
-            *p++ = '\\';
-        }
-
-        *p++ = *m;
-    }
-
-    *p++ = '"';
+    p = ngx_snprintf(data, 64, "{\"code\":\"%s\",\"message\":", code);
+    p = ngx_ahava_json_string_write(p, (u_char *) message, len);
     *p++ = '}';
 
     ngx_ahava_ws_send_event(s, "ERROR", data, p - data);
@@ -1966,7 +1956,8 @@ ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
         }
     }
 
-    ngx_ahava_ws_queue(s, f, s->replaying);
+    /* held while a replay runs */
+    ngx_ahava_ws_queue(s, f, s->replay != NULL);
 }
 
 
