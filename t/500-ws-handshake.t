@@ -24,28 +24,7 @@ use Time::HiRes qw(time);
 
 setup();
 
-my $CONF = <<'_EOC_';
-ahava_database          env:DATABASE_URL;
-ahava_redis             env:REDIS_URL;
-ahava_jwt_secret        env:JWT_SECRET;
-ahava_jwt_algorithm     HS256;
-ahava_encryption_key    env:ENCRYPTION_KEY;
-
-server {
-    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
-    server_name  _;
-    client_max_body_size  64k;
-    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
-               /_ahava_error;
-
-    location = /health { ahava_health; }
-    location = /ws { ahava_ws; }
-    location /api/visits { ahava_visits; }
-    location /api/messages { ahava_messages; }
-    location / { return 404; }
-    location = /_ahava_error { internal; ahava_error_page; }
-}
-_EOC_
+my $CONF = ws_config();
 
 my $N = start_nginx($CONF, workers => 1);
 ok(poll_until(10, sub { ((response(GET => '/health')->json || {})->{redis} // '') eq 'ok' }),

@@ -17,29 +17,8 @@ use Time::HiRes qw(time);
 
 setup();
 
-my $CONF = <<'_EOC_';
-ahava_database          env:DATABASE_URL;
-ahava_redis             env:REDIS_URL;
-ahava_jwt_secret        env:JWT_SECRET;
-ahava_jwt_algorithm     HS256;
-ahava_encryption_key    env:ENCRYPTION_KEY;
-
-server {
-    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT reuseport;
-    server_name  _;
-    client_max_body_size  64k;
-    add_header   X-Worker $pid always;
-    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
-               /_ahava_error;
-
-    location = /health { ahava_health; }
-    location = /ws { ahava_ws; ahava_ws_send_queue 64k; }
-    location /api/visits { ahava_visits; }
-    location /api/messages { ahava_messages; }
-    location / { return 404; }
-    location = /_ahava_error { internal; ahava_error_page; }
-}
-_EOC_
+my $CONF = ws_config(listen => 'reuseport', ws => 'ahava_ws_send_queue 64k;',
+                     server => '    add_header   X-Worker $pid always;');
 
 my $N = start_nginx($CONF, workers => 2);
 my $N2 = start_nginx($CONF, name => 'second', workers => 1);

@@ -11,6 +11,7 @@ use warnings;
 use Test::More;
 use Ahava::Test;
 use Ahava::Test::Util qw(slurp);
+use Ahava::Test::WS qw(ws_config);
 use Ahava::Messages qw(send_message data_of);
 use Ahava::Visits qw(new_visit mutate);
 use File::Path qw(make_path);
@@ -21,31 +22,10 @@ plan skip_all => 'no Chromium (Debian package chromium)' unless $chromium;
 
 setup();
 
-my $CONF = <<'_EOC_';
-ahava_database          env:DATABASE_URL;
-ahava_redis             env:REDIS_URL;
-ahava_jwt_secret        env:JWT_SECRET;
-ahava_jwt_algorithm     HS256;
-ahava_encryption_key    env:ENCRYPTION_KEY;
-
-log_format  report  '$arg_e';
-
-server {
-    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
-    server_name  _;
-    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
-               /_ahava_error;
-
-    location = /health { ahava_health; }
-    location = /ws { ahava_ws; }
-    location /api/visits { ahava_visits; }
-    location /api/messages { ahava_messages; }
+my $CONF = ws_config(http => q{log_format  report  '$arg_e';}, server => <<'_EOC_');
     location /page/ { root $TEST_NGINX_SERVROOT/html; }
     location = /report { access_log $TEST_NGINX_SERVROOT/logs/report.log report; return 204; }
     location = /favicon.ico { return 204; }
-    location / { return 404; }
-    location = /_ahava_error { internal; ahava_error_page; }
-}
 _EOC_
 
 my $N = start_nginx($CONF, workers => 1);

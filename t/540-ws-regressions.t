@@ -23,20 +23,7 @@ use Time::HiRes qw(time);
 
 setup();
 
-my $CONF = <<'_EOC_';
-ahava_database          env:DATABASE_URL;
-ahava_redis             env:REDIS_URL;
-ahava_jwt_secret        env:JWT_SECRET;
-ahava_jwt_algorithm     HS256;
-ahava_encryption_key    env:ENCRYPTION_KEY;
-
-server {
-    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
-    server_name  _;
-    location = /health { ahava_health; }
-    location = /ws { ahava_ws; ahava_ws_max_message 256k; }
-    location / { return 404; }
-}
+my $CONF = ws_config(ws => 'ahava_ws_max_message 256k;', after => <<'_EOC_');
 
 server {
     listen       127.0.0.1:$TEST_NGINX_SMALL;

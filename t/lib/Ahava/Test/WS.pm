@@ -42,7 +42,7 @@ use Ahava::Test ();
 use Ahava::Test::Util qw(repo_root slurp poll_until process_alive);
 
 our @EXPORT = qw(ws_connect ws_raw ws_url ws_token_args worker_pids vm_rss
-                 ws_frame ws_accept_of tcp_state tcp_owner_pid tcp_send_queue redis_cmd
+                 ws_config ws_frame ws_accept_of tcp_state tcp_owner_pid tcp_send_queue redis_cmd
                  redis_numsub);
 
 our $JSON_LINE = JSON::PP->new->utf8->canonical;    # the pipe to Node: bytes
@@ -117,6 +117,39 @@ sub ws_token_args {
 #            port/nginx, hub => $hub, wait => 1, timeout => 10)
 sub ws_connect {
     return Ahava::Test::WS::Client->connect(@_);
+}
+
+# The http{} configuration of the /ws tests: the module's directives and
+# the API server with /ws in it.  ws => directives of `location = /ws`,
+# listen => options of its listen, server => more lines in the server,
+# http => lines before the server, after => more servers.
+sub ws_config {
+    my (%o) = @_;
+    my $ws = join ' ', 'ahava_ws;', $o{ws} // ();
+    my $listen = join ' ', '127.0.0.1:$TEST_NGINX_SERVER_PORT', $o{listen} // ();
+    my $server = $o{server} // '';
+    return <<"_EOC_" . ($o{after} // '');
+ahava_database          env:DATABASE_URL;
+ahava_redis             env:REDIS_URL;
+ahava_jwt_secret        env:JWT_SECRET;
+ahava_jwt_algorithm     HS256;
+ahava_encryption_key    env:ENCRYPTION_KEY;
+@{[ $o{http} // '' ]}
+server {
+    listen       $listen;
+    server_name  _;
+    client_max_body_size  64k;
+    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
+               /_ahava_error;
+$server
+    location = /health { ahava_health; }
+    location = /ws { $ws }
+    location /api/visits { ahava_visits; }
+    location /api/messages { ahava_messages; }
+    location / { return 404; }
+    location = /_ahava_error { internal; ahava_error_page; }
+}
+_EOC_
 }
 
 sub ws_raw {
