@@ -195,6 +195,24 @@ for my $case (['no Sec-WebSocket-Key', { 'Sec-WebSocket-Key' => undef }],
 }
 refused_ok(ws_raw(token => $GOOD, query => [since => 'cnosuchmessage00000000001'], headers => { Upgrade => undef }),
            400, 'VALIDATION_ERROR', 'no Upgrade and an unknown since: still a 400');
+# nothing runs after an early answer: the since statement never ran for
+# the refusals that come before it
+{
+    my ($mine) = Ahava::Messages::insert_messages(
+        { visit => $V1, from => 'nurse1', to => 'patient1', content => 'since, refused' });
+    my $since = [since => $mine];
+    my $counted = reset_statements();
+    refused_ok(ws_raw(query => $since), 401, 'TOKEN_MISSING', 'since, no token: 401');
+    refused_ok(ws_raw(token => $GOOD, query => $since, headers => { Connection => 'keep-alive' }),
+               400, 'VALIDATION_ERROR', 'since, no Connection: Upgrade: 400');
+    is(ws_raw(token => $GOOD, query => $since, version => 8)->status, 426, 'since, version 8: 426');
+    is(response(GET => '/health')->status, 200, 'since refusals: (barrier)');
+    SKIP: {
+        skip 'no pg_stat_statements', 1 unless $counted;
+        is(statement_calls(like => '%FROM messages m WHERE m.id%'), 0,
+           'since refusals: the since statement never ran');
+    }
+}
 
 # since: a message the caller sent or received, else 400
 {
