@@ -440,6 +440,9 @@ ngx_int_t ngx_ahava_redis_parse_url(ngx_conf_t *cf,
     ngx_ahava_main_conf_t *amcf);
 ngx_int_t ngx_ahava_redis_command(ngx_ahava_redis_t *redis,
     redisCallbackFn *fn, void *data, const char *fmt, ...);
+ngx_int_t ngx_ahava_redis_command_argv(ngx_ahava_redis_t *redis,
+    redisCallbackFn *fn, void *data, int argc, const char **argv,
+    const size_t *lens);
 
 /* JWT (ngx_ahava_jwt.c) */
 typedef enum {
@@ -488,6 +491,13 @@ ngx_int_t ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
 ngx_int_t ngx_ahava_publish_json(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     const char *type, json_t *data, char **recipients, ngx_uint_t n,
     ngx_uint_t flags);
+
+/* the outbox relay (ngx_ahava_outbox.c) */
+ngx_int_t ngx_ahava_outbox_declare(ngx_conf_t *cf);
+ngx_int_t ngx_ahava_outbox_init(ngx_cycle_t *cycle,
+    ngx_ahava_main_conf_t *amcf);
+void ngx_ahava_outbox_exit(void);
+void ngx_ahava_outbox_relay(u_char *ids, size_t len);
 
 /* security events (ngx_ahava_audit.c) */
 ngx_ahava_audit_t *ngx_ahava_audit_create(ngx_cycle_t *cycle,

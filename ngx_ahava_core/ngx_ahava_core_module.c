@@ -277,6 +277,7 @@ ngx_ahava_postconfiguration(ngx_conf_t *cf)
 
     if (ngx_ahava_auth_declare(cf) != NGX_OK
         || ngx_ahava_audit_declare(cf) != NGX_OK
+        || ngx_ahava_outbox_declare(cf) != NGX_OK
         || ngx_ahava_body_filter_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
@@ -988,6 +989,12 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
         }
     }
 
+    if (amcf->pg && amcf->redis) {
+        if (ngx_ahava_outbox_init(cycle, amcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     return NGX_OK;
 }
 
@@ -1002,6 +1009,8 @@ ngx_ahava_exit_process(ngx_cycle_t *cycle)
     if (amcf == NULL) {
         return;
     }
+
+    ngx_ahava_outbox_exit();
 
     if (amcf->audit) {
         ngx_ahava_audit_destroy(amcf->audit);

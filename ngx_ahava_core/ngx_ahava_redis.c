@@ -180,6 +180,30 @@ ngx_ahava_redis_command(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
 }
 
 
+/* the same with arguments as given (binary safe, any number of them) */
+
+ngx_int_t
+ngx_ahava_redis_command_argv(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
+    void *data, int argc, const char **argv, const size_t *lens)
+{
+    if (redis == NULL || !redis->connected || redis->ac == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (redis->ac->c.obuf
+        && sdslen(redis->ac->c.obuf) > NGX_AHAVA_REDIS_MAX_OBUF)
+    {
+        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_WARN, redis->log,
+                              "ahava: redis is not reading, command "
+                              "dropped");
+        return NGX_DECLINED;
+    }
+
+    return (redisAsyncCommandArgv(redis->ac, fn, data, argc, argv, lens)
+            == REDIS_OK) ? NGX_OK : NGX_ERROR;
+}
+
+
 static void
 ngx_ahava_redis_connect(ngx_ahava_redis_t *redis)
 {

@@ -67,7 +67,8 @@ ngx_ahava_col_t  ngx_ahava_message_cols[] = {
 /* the same without its content, for the one just sent (known in clear),
  * from the send statement's fourth column on */
 #define NGX_AHAVA_MESSAGE_SENT_COLS   10
-#define NGX_AHAVA_MESSAGE_SENT_FIRST  3
+#define NGX_AHAVA_MESSAGE_SENT_FIRST  4
+#define NGX_AHAVA_MESSAGE_SENT_OUTBOX 3
 
 
 static ngx_ahava_field_t  ngx_ahava_message_fields[] = {
@@ -154,8 +155,10 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
 
     /* POST /api/messages: sender and recipient distinct participants;
      * $4 recipient, $5 new id, $6 type, $7 ciphertext, $8 $9 attachment,
-     * $10 its stored path: an upload of the sender's.  One row: the visits
-     * seen, the uploads named, whether the sender's, the message */
+     * $10 its stored path: an upload of the sender's.  NEW_MESSAGE and the
+     * recipient's push into the outbox with it.  One row: the visits seen,
+     * the uploads named, whether the sender's, the outbox rows, the
+     * message */
     { ngx_string("message send"),
       "WITH vis AS (" NGX_AHAVA_VISIBLE_VISIT "),"
       " att AS (SELECT \"ownerId\" FROM uploads WHERE \"storedPath\" = $10),"
@@ -168,9 +171,13 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
       " AND $4 IN (vis.\"patientId\", vis.\"nurseId\", vis.\"doctorId\")"
       " AND ($10::text IS NULL"
       " OR EXISTS (SELECT 1 FROM att WHERE \"ownerId\" = $2))"
-      " RETURNING *)"
+      " RETURNING *),"
+      " ob AS (SELECT ahava_outbox_message(m.id, m.\"visitId\", $2, $4,"
+      " json_build_object(" NGX_AHAVA_MESSAGE_FIELDS ")::text, m.content)"
+      " AS ids FROM ins m)"
       " SELECT (SELECT count(*) FROM vis), (SELECT count(*) FROM att),"
-      " coalesce((SELECT bool_or(\"ownerId\" = $2) FROM att), false), m.*"
+      " coalesce((SELECT bool_or(\"ownerId\" = $2) FROM att), false),"
+      " (SELECT ids::text FROM ob), m.*"
       " FROM (SELECT 1) one LEFT JOIN (SELECT " NGX_AHAVA_MESSAGE_COLUMNS
       " FROM ins m) m ON true",
       10, 0, "" },
@@ -207,23 +214,26 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
       1, 0, "" },
 
     /* POST /api/messages/read {messageIds}: only the caller's received
-     * ones; $2 the ids.  One row: how many, the receipts by sender */
+     * ones; $2 the ids.  A read receipt per sender and visit into the
+     * outbox.  One row: how many, the outbox rows */
     { ngx_string("messages read"),
       "WITH upd AS (UPDATE messages SET \"isRead\" = true,"
       " \"updatedAt\" = LOCALTIMESTAMP(3)"
       " WHERE id = ANY($2::text[]) AND \"recipientId\" = $1"
-      " AND NOT \"isRead\" RETURNING id, \"senderId\", \"visitId\")"
+      " AND NOT \"isRead\" RETURNING id, \"senderId\", \"visitId\"),"
+      " ob AS (INSERT INTO ahava_outbox (kind, topic, recipients, payload)"
+      " SELECT 'event', 'MESSAGES_READ', ARRAY[\"senderId\"],"
+      " json_build_object('visitId', \"visitId\", 'messageIds',"
+      " json_agg(id ORDER BY id), 'readBy', $1::text)::text FROM upd"
+      " GROUP BY \"senderId\", \"visitId\" RETURNING id)"
       " SELECT (SELECT count(*) FROM upd),"
-      " (SELECT coalesce(json_agg(json_build_object('senderId', s,"
-      " 'visitId', vid, 'messageIds', ids)), '[]'::json) FROM"
-      " (SELECT \"senderId\" s, \"visitId\" vid,"
-      " json_agg(id ORDER BY id) ids FROM upd"
-      " GROUP BY \"senderId\", \"visitId\") g)",
+      " (SELECT array_agg(id ORDER BY id) FROM ob)::text",
       2, 0, "" },
 
     /* DELETE /api/messages/:id: the sender only, audited with the delete;
-     * $4 the audit row's id, $5 the caller's role.  One row: seen,
-     * deleted, the caller is its sender, the recipient, the visit */
+     * $4 the audit row's id, $5 the caller's role; MESSAGE_DELETED to the
+     * recipient into the outbox.  One row: seen, deleted, the caller is its
+     * sender, the recipient, the visit, the outbox row */
     { ngx_string("message delete"),
       "WITH m AS (SELECT m.id, m.\"senderId\" FROM messages m"
       " JOIN visits v ON v.id = m.\"visitId\""
@@ -237,9 +247,14 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
                              "del.id", "del",
                              "jsonb_build_object('visitId', del.\"visitId\","
                              " 'recipientId', del.\"recipientId\")")
+      ", ob AS (INSERT INTO ahava_outbox (kind, topic, recipients, payload)"
+      " SELECT 'event', 'MESSAGE_DELETED', ARRAY[\"recipientId\"],"
+      " json_build_object('messageId', id, 'visitId', \"visitId\")::text"
+      " FROM del RETURNING id)"
       " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM del),"
       " coalesce((SELECT \"senderId\" = $2 FROM m), false),"
-      " (SELECT \"recipientId\" FROM del), (SELECT \"visitId\" FROM del)",
+      " (SELECT \"recipientId\" FROM del), (SELECT \"visitId\" FROM del),"
+      " (SELECT array_agg(id) FROM ob)::text",
       5, 0, "" },
 };
 
@@ -396,8 +411,7 @@ ngx_ahava_message_send(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    u_char           *msg, *p, *body;
-    char             *to[2];
+    u_char           *p, *body;
     size_t            len;
     json_t           *content;
     PGresult         *res;
@@ -462,7 +476,6 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     p = ngx_cpymem(body, "{\"success\":true,\"data\":",
                    sizeof("{\"success\":true,\"data\":") - 1);
-    msg = p;
 
     p = ngx_ahava_row_write(r, p, res, 0, NGX_AHAVA_MESSAGE_SENT_FIRST, cols,
                             NGX_AHAVA_ROW_OPEN);
@@ -475,12 +488,11 @@ ngx_ahava_message_sent(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                     json_string_length(content));
     *p++ = '}';
 
-    /* the recipient, and the sender's other sessions: the same object */
-    to[0] = ctx->query->values[3];
-    to[1] = (char *) ctx->user.id;
-
-    (void) ngx_ahava_publish(r, ctx, "NEW_MESSAGE", msg, p - msg, to, 2,
-                             NGX_AHAVA_PUBLISH_TO_ACTOR);
+    /* committed: the recipient, and the sender's other sessions, learn
+     * it from the outbox (the same object), the recipient's push with it */
+    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0,
+                                              NGX_AHAVA_MESSAGE_SENT_OUTBOX),
+                           PQgetlength(res, 0, NGX_AHAVA_MESSAGE_SENT_OUTBOX));
 
     *p++ = '}';
 
@@ -716,10 +728,7 @@ ngx_ahava_messages_read(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_messages_marked(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    char      *to[1];
     u_char    *body, *p;
-    size_t     i;
-    json_t    *groups, *g;
     PGresult  *res;
 
     if (ctx->query->rc != NGX_OK) {
@@ -732,25 +741,9 @@ ngx_ahava_messages_marked(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         return ngx_ahava_fail(r, ctx);
     }
 
-    groups = ngx_ahava_json_loadn(r, (u_char *) PQgetvalue(res, 0, 1),
-                                  PQgetlength(res, 0, 1));
-    if (groups == NULL) {
-        return ngx_ahava_fail(r, ctx);
-    }
-
     /* read receipts: each sender learns which of theirs were read */
-    json_array_foreach(groups, i, g) {
-        to[0] = (char *) json_string_value(json_object_get(g, "senderId"));
-
-        (void) ngx_ahava_publish_json(r, ctx, "MESSAGES_READ",
-                   json_pack("{s:O, s:O, s:s}",
-                             "visitId", json_object_get(g, "visitId"),
-                             "messageIds", json_object_get(g, "messageIds"),
-                             "readBy", (char *) ctx->user.id),
-                   to, 1, 0);
-    }
-
-    json_decref(groups);
+    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, 1),
+                           PQgetlength(res, 0, 1));
 
     body = ngx_pnalloc(r->pool, 64 + PQgetlength(res, 0, 0));
     if (body == NULL) {
@@ -791,7 +784,6 @@ ngx_ahava_message_delete(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_message_deleted(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
-    char      *to[1];
     u_char    *body, *p;
     PGresult  *res;
 
@@ -833,15 +825,10 @@ ngx_ahava_message_deleted(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         return ngx_ahava_fail(r, ctx);
     }
 
+    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, 5),
+                           PQgetlength(res, 0, 5));
+
     /* ids need no escaping */
-    p = ngx_sprintf(body, "{\"messageId\":\"%V\",\"visitId\":\"%s\"}",
-                    &ctx->ids[0], PQgetvalue(res, 0, 4));
-
-    to[0] = PQgetvalue(res, 0, 3);
-
-    (void) ngx_ahava_publish(r, ctx, "MESSAGE_DELETED", body, p - body, to, 1,
-                             0);
-
     p = ngx_sprintf(body, "{\"success\":true,\"data\":{\"id\":\"%V\","
                     "\"visitId\":\"%s\",\"deleted\":true}}",
                     &ctx->ids[0], PQgetvalue(res, 0, 4));

@@ -50,6 +50,7 @@ typedef enum {
     NGX_AHAVA_MUT_OLD_NURSE,        /* the nurse and doctor before */
     NGX_AHAVA_MUT_OLD_DOCTOR,
     NGX_AHAVA_MUT_EVENT,            /* the event's data, JSON */
+    NGX_AHAVA_MUT_OUTBOX,           /* its outbox rows' ids, {1,2} */
     NGX_AHAVA_MUT_VISIT,            /* its id; NULL: not changed (409) */
     NGX_AHAVA_MUT_PATIENT = NGX_AHAVA_MUT_VISIT + 3,  /* participants after */
     NGX_AHAVA_MUT_NURSE,

@@ -130,9 +130,10 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  * ngx_ahava_visits_col_e.  $1 visit, $2 caller, $3 role.
  */
 
-#define NGX_AHAVA_VISIT_MUTATION(set, who, when, target, extra, event)       \
-    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event, "v.*",      \
-                           NGX_AHAVA_VISIT_AFTER)
+#define NGX_AHAVA_VISIT_MUTATION(name, set, who, when, target, extra,      \
+    event)                                                                   \
+    NGX_AHAVA_VISIT_CHANGE(name, set, who, when, target, extra, event,       \
+                           "v.*", NGX_AHAVA_VISIT_AFTER)
 
 /* the visit after the change, as the detail shows it */
 #define NGX_AHAVA_VISIT_AFTER                                                \
@@ -145,13 +146,14 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
 /* only who it concerns: an answer that is the event (the location's); its
  * RETURNING leaves the changed history out of the CTE */
 #define NGX_AHAVA_VISIT_IDS                                                  \
-    "v.id, v.\"bookingId\", v.status, v.\"nurseId\", v.\"doctorId\""
+    "v.id, v.\"bookingId\", v.status, v.\"nurseId\", v.\"doctorId\","        \
+    " v.\"scheduledStart\""
 
 #define NGX_AHAVA_VISIT_AFTER_IDS                                            \
     "SELECT upd.id, upd.\"bookingId\", upd.status, ok.\"patientId\","        \
     " upd.\"nurseId\", upd.\"doctorId\" FROM upd, ok"
 
-#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, event,        \
+#define NGX_AHAVA_VISIT_CHANGE(name, set, who, when, target, extra, event,  \
     returning, after)                                                        \
     "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
     " b.\"patientId\" FROM visits v JOIN bookings b"                         \
@@ -160,14 +162,26 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " upd AS (UPDATE visits v SET " set ","                                  \
     " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
     " AND " who("v") " AND " when " AND " target                             \
-    " RETURNING " returning ")" extra                                        \
+    " RETURNING " returning ")" extra ","                                    \
+    NGX_AHAVA_VISIT_OUTBOX(name, event)                                      \
     " SELECT (SELECT count(*) FROM ok),"                                     \
     " coalesce((SELECT " who("ok") " FROM ok), false), " target ","          \
     " (SELECT status::text FROM ok),"                                        \
     " (SELECT \"nurseId\" FROM ok), (SELECT \"doctorId\" FROM ok),"          \
-    " (SELECT json_build_object('visitId', upd.id, " event ")::text"         \
-    " FROM upd, ok), after.*"                                                \
+    " (SELECT data FROM ob), (SELECT ids::text FROM ob), after.*"             \
     " FROM (SELECT 1) one LEFT JOIN (" after ") after ON true"
+
+/*
+ * The event of a change and the jobs it triggers, into the outbox with it
+ * (sql/006_outbox.sql): the participants before and after, the actor $2
+ * excepted.  One row: the event's data, the outbox rows' ids
+ */
+#define NGX_AHAVA_VISIT_OUTBOX(name, event)                                  \
+    " ob AS (SELECT e.data, ahava_outbox_visit('" name "', upd.id, $2,"      \
+    " e.data, ok.\"patientId\", upd.\"nurseId\", upd.\"doctorId\","          \
+    " ok.\"nurseId\", ok.\"doctorId\", upd.\"scheduledStart\","              \
+    " upd.status::text) AS ids FROM upd, ok, LATERAL (SELECT"                \
+    " json_build_object('visitId', upd.id, " event ")::text AS data) e)"
 
 /* who may: by role ($3), over the visit row t */
 #define NGX_AHAVA_ADMIN(t)         "($3::text = 'ADMIN')"
@@ -237,6 +251,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * from, $5 the new one */
     { ngx_string("visit status"),
       NGX_AHAVA_VISIT_MUTATION(
+          "VISIT_STATUS_UPDATED",
           "status = $5::text::\"VisitStatus\","
           " \"actualStart\" = CASE WHEN $5::text = 'IN_PROGRESS'"
           " THEN coalesce(v.\"actualStart\", LOCALTIMESTAMP(3))"
@@ -256,6 +271,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * app sends one every few seconds */
     { ngx_string("visit location"),
       NGX_AHAVA_VISIT_CHANGE(
+          "NURSE_LOCATION_UPDATE",
           "\"gpsCoordinates\" = CASE"
           " WHEN jsonb_array_length(" NGX_AHAVA_GPS_HISTORY ") < 1000"
           " THEN " NGX_AHAVA_GPS_HISTORY " || " NGX_AHAVA_GPS_POINT
@@ -280,6 +296,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * the event never carries the report */
     { ngx_string("visit nurse report"),
       NGX_AHAVA_VISIT_MUTATION(
+          "NURSE_REPORT_ADDED",
           "\"nurseReport\" = $4",
           NGX_AHAVA_NURSE,
           "v.status IN ('IN_PROGRESS', 'COMPLETED')",
@@ -290,6 +307,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
     /* POST /api/visits/:id/doctor-review {doctorReview, doctorRating} */
     { ngx_string("visit doctor review"),
       NGX_AHAVA_VISIT_MUTATION(
+          "DOCTOR_REVIEW_ADDED",
           "\"doctorReview\" = $4, \"doctorRating\" = $5::int",
           NGX_AHAVA_DOCTOR_OR_ADMIN,
           "v.\"nurseReport\" IS NOT NULL",
@@ -301,6 +319,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * or EN_ROUTE, an admin while not final; audited with the change */
     { ngx_string("visit cancel"),
       NGX_AHAVA_VISIT_MUTATION(
+          "VISIT_CANCELLED",
           "status = 'CANCELLED'",
           NGX_AHAVA_PATIENT_OR_ADMIN,
           "(CASE WHEN $3::text = 'PATIENT'"
@@ -317,6 +336,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
     /* POST /api/visits/:id/assign-nurse {nurseId}: an active NURSE */
     { ngx_string("visit assign nurse"),
       NGX_AHAVA_VISIT_MUTATION(
+          "NURSE_ASSIGNED",
           "\"nurseId\" = $4",
           NGX_AHAVA_ADMIN,
           NGX_AHAVA_NOT_FINAL,
@@ -330,6 +350,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
     /* POST /api/visits/:id/assign-doctor {doctorId}: an active DOCTOR */
     { ngx_string("visit assign doctor"),
       NGX_AHAVA_VISIT_MUTATION(
+          "DOCTOR_ASSIGNED",
           "\"doctorId\" = $4",
           NGX_AHAVA_ADMIN,
           NGX_AHAVA_NOT_FINAL,

@@ -27,7 +27,6 @@ static ngx_ahava_pg_query_t *ngx_ahava_visit_query(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx, ngx_ahava_visits_stmt_e stmt);
 static ngx_ahava_rc_e ngx_ahava_visit_mutated(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
-static char *ngx_ahava_visit_column(PGresult *res, int col);
 static ngx_int_t ngx_ahava_visit_number(ngx_http_request_t *r,
     ngx_ahava_pg_query_t *q, ngx_uint_t i, json_t *v);
 static ngx_int_t ngx_ahava_visit_audit_id(ngx_http_request_t *r,
@@ -324,7 +323,6 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
     int                          more;
     u_char                      *body, *p, msg[128];
-    char                        *to[5];
     size_t                       len;
     PGresult                    *res;
     ngx_ahava_visit_mutation_t  *m;
@@ -381,17 +379,10 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                       ngx_ahava_role_name(ctx->user.role));
     }
 
-    /* committed: the participants are told, the actor excepted */
-    to[0] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_PATIENT);
-    to[1] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_NURSE);
-    to[2] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_DOCTOR);
-    to[3] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_OLD_NURSE);
-    to[4] = ngx_ahava_visit_column(res, NGX_AHAVA_MUT_OLD_DOCTOR);
-
-    (void) ngx_ahava_publish(r, ctx, m->event,
-                             (u_char *) PQgetvalue(res, 0, NGX_AHAVA_MUT_EVENT),
-                             PQgetlength(res, 0, NGX_AHAVA_MUT_EVENT), to, 5,
-                             0);
+    /* committed: the participants are told, the actor excepted, and the
+     * jobs it triggers are queued (the outbox rows of the statement) */
+    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, NGX_AHAVA_MUT_OUTBOX),
+                           PQgetlength(res, 0, NGX_AHAVA_MUT_OUTBOX));
 
     if (m->answer_event) {
         /* {visitId, nurseId, lat, lng, timestamp}, as the event says it */
@@ -439,13 +430,6 @@ ngx_ahava_visit_mutated(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     *p++ = '}';
 
     return ngx_ahava_answer_text(r, ctx, NGX_HTTP_OK, body, p - body);
-}
-
-
-static char *
-ngx_ahava_visit_column(PGresult *res, int col)
-{
-    return PQgetisnull(res, 0, col) ? NULL : PQgetvalue(res, 0, col);
 }
 
 

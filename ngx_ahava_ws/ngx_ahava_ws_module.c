@@ -1370,10 +1370,7 @@ static void
 ngx_ahava_ws_location_done(ngx_ahava_ws_session_t *s,
     ngx_ahava_pg_query_t *q, ngx_pool_t *pool)
 {
-    char                   *to[3];
-    PGresult               *res;
-    ngx_uint_t              i;
-    ngx_ahava_main_conf_t  *amcf;
+    PGresult  *res;
 
     res = q->result;
 
@@ -1400,20 +1397,9 @@ ngx_ahava_ws_location_done(ngx_ahava_ws_session_t *s,
         return;
     }
 
-    for (i = 0; i < 3; i++) {
-        to[i] = PQgetisnull(res, 0, NGX_AHAVA_MUT_PATIENT + i)
-                ? NULL : PQgetvalue(res, 0, NGX_AHAVA_MUT_PATIENT + i);
-    }
-
-    amcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_ahava_core_module);
-
-    (void) ngx_ahava_publish_in(amcf, pool, s->connection->log,
-                                s->channel->id, "NURSE_LOCATION_UPDATE",
-                                (u_char *) PQgetvalue(res, 0,
-                                                      NGX_AHAVA_MUT_EVENT),
-                                PQgetlength(res, 0, NGX_AHAVA_MUT_EVENT),
-                                to, 3, 0);
+    /* committed: the participants learn it from the outbox */
+    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, NGX_AHAVA_MUT_OUTBOX),
+                           PQgetlength(res, 0, NGX_AHAVA_MUT_OUTBOX));
 }
 
 

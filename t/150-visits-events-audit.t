@@ -301,7 +301,7 @@ ok(poll_until(10, sub { redis_state() eq 'ok' }), "'redis-down' is connected to 
     is(scalar @{ audit_rows("\"resourceId\" = '$v'") }, 1, '... with its audit row');
     my $s = mutate('location', $v, as => 'nurse2', body => { lat => 1, lng => 2 });
     api_ok($s, 'Redis down: a location update still 200');
-    error_log_like(qr/event \w+ not published: redis unavailable/, 'the lost event is logged');
+    error_log_like(qr/events and jobs wait in PostgreSQL/, 'the wait is logged');
     # the disconnect must be noticed (hiredis runs ev.cleanup before the
     # disconnect callback: a missed one left a dangling context, no
     # reconnect, and a double free at exit — the log checks below)
@@ -310,8 +310,18 @@ ok(poll_until(10, sub { redis_state() eq 'ok' }), "'redis-down' is connected to 
     is(response(GET => '/health')->status, 503, '... with 503');
 
     Ahava::Test::redis()->start;
+    $SUB = Ahava::Visits::Sub->new(Ahava::Test::redis()->port, 'ahava:user:*');   # before nginx is back
     ok(poll_until(15, sub { redis_state() eq 'ok' }), 'Redis back: /health says ok');
-    $SUB = Ahava::Visits::Sub->new(Ahava::Test::redis()->port, 'ahava:user:*');
+    # what committed meanwhile arrives now: once each, in commit order
+    $SUB->wait_for(6, 10);
+    $SUB->sync;
+    my %seq;
+    push @{ $seq{ $_->{channel} } }, ($_->{json} || {})->{type} // '?' for $SUB->take;
+    is_deeply(\%seq, { (map { ("ahava:user:$_" => [qw(NURSE_ASSIGNED NURSE_LOCATION_UPDATE)]) } $P1, $D),
+                        (map { ("ahava:user:$_" => [qw(NURSE_ASSIGNED)]) } $N1, $N2) },
+              'Redis back: the two events committed while it was down arrive, once each, in order '
+              . '(the location to the patient and the doctor; the assignment to them and both nurses)')
+        or diag(explain \%seq);
     # nginx reconnects with back-off: update the location until an event comes
     my $got = poll_until(8, sub {
         mutate('location', $v, as => 'nurse2', body => { lat => 3, lng => 4 });

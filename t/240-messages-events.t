@@ -2,8 +2,8 @@
 # subscriber (PSUBSCRIBE ahava:user:*, a raw RESP client): NEW_MESSAGE to
 # the recipient and to the sender's channel with the decrypted message,
 # MESSAGES_READ to each sender, MESSAGE_DELETED to the recipient, nothing
-# to anyone else; with Redis stopped the API still answers, and events flow
-# again once Redis is back.
+# to anyone else; with Redis stopped the API still answers, the events wait
+# in the outbox and arrive once Redis is back, once each and in order.
 #
 # One worker: nginx's Redis connection is a single ordered pipe, so the
 # events of one step all arrive before those of the next (each step checks
@@ -118,6 +118,7 @@ ok(!(grep { ($_->{payload}{data}{content} // '') ne 'barrier' } @ev), '... and o
 
 # --- Redis stopped -----------------------------------------------------------------------------
 $sub->disconnect;
+my @down;
 my $redis = Ahava::Test::redis();
 ok($redis->stop, 'the private Redis is stopped');
 {
@@ -137,15 +138,32 @@ ok($redis->stop, 'the private Redis is stopped');
            'DELETE with Redis down: 200');
     api_ok(response(GET => "/api/messages/visit/$V1", as => 'patient1'), 'GET with Redis down: 200');
     api_ok(response(GET => '/api/messages/unread/count', as => 'patient1'), 'unread count with Redis down: 200');
-    error_log_like(qr/event NEW_MESSAGE not published: redis unavailable/, 'the lost event is logged');
+    error_log_like(qr/events and jobs wait in PostgreSQL/, 'the wait is logged');
+    is(psql_value(q{SELECT count(*) FROM ahava_outbox WHERE kind = 'event'}), 4,
+       '... and the four events wait in the outbox');
+    @down = map { (data_of($_) || {})->{id} } $r1, $r2;
 }
 
-# --- Redis back: events flow again ----------------------------------------------------------------
+# --- Redis back: what waited arrives, once and in order, then events flow again -----------
 ok($redis->start, 'Redis started again on the same port');
+$sub = Ahava::Messages::Subscriber->new(redis_port());     # before nginx is back
 {
-    ok(poll_until(10, sub { $redis->clients >= 1 }), 'nginx reconnects to the restarted Redis');
+    ok(poll_until(10, sub { $redis->clients >= 2 }), 'nginx reconnects to the restarted Redis');
+    my @late = $sub->wait_for(10, sub { @_ >= 6 });
+    $sub->take;
+    my %seq;
+    push @{ $seq{ $_->{user} } }, join(' ', ($_->{payload}{type} // '?'),
+        $_->{payload}{data}{id} // $_->{payload}{data}{messageId} // join(',', @{ $_->{payload}{data}{messageIds} || [] }))
+        for @late;
+    is_deeply(\%seq, {
+        $ID{patient1} => ["NEW_MESSAGE $down[0]", "NEW_MESSAGE $down[1]", "MESSAGES_READ $down[1]", "MESSAGE_DELETED $down[0]"],
+        $ID{nurse1}   => ["NEW_MESSAGE $down[0]", "NEW_MESSAGE $down[1]"],
+    }, 'the six events committed while Redis was down arrive once each, in commit order, on the right channels')
+        or diag(explain \%seq);
+    my ($late_msg) = grep { ($_->{payload}{data}{id} // '') eq $down[1] } @late;
+    is(($late_msg->{payload}{data} || {})->{content}, 'sent while Redis is down', '... a late NEW_MESSAGE carries the decrypted message');
+    ok(poll_until(5, sub { psql_value('SELECT count(*) FROM ahava_outbox') == 0 }), '... and the outbox is empty');
 }
-$sub = Ahava::Messages::Subscriber->new(redis_port());
 ($r, @ev) = step(2, sub { send_message('nurse1', $V1, 'patient1', 'Redis is back') });
 api_ok($r, 'POST after the restart: 201', status => 201);
 {
