@@ -333,7 +333,20 @@ ngx_ahava_outbox_relay(u_char *ids, size_t len)
         }
     }
 
-    if (!o->running && !o->backlog && o->npending && !o->kick.posted) {
+    if (o->backlog) {
+        /* the sweep sends them, after what waits already */
+        o->npending = 0;
+
+        if (ngx_ahava_redis_healthy(o->amcf->redis) != NGX_OK) {
+            ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
+                                  "ahava: redis unavailable: events and "
+                                  "jobs wait in PostgreSQL");
+        }
+
+        return;
+    }
+
+    if (!o->running && o->npending && !o->kick.posted) {
         /* after the request's own answer, from the event loop */
         ngx_post_event(&o->kick, &ngx_posted_events);
     }

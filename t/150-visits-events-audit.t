@@ -301,13 +301,14 @@ ok(poll_until(10, sub { redis_state() eq 'ok' }), "'redis-down' is connected to 
     is(scalar @{ audit_rows("\"resourceId\" = '$v'") }, 1, '... with its audit row');
     my $s = mutate('location', $v, as => 'nurse2', body => { lat => 1, lng => 2 });
     api_ok($s, 'Redis down: a location update still 200');
-    error_log_like(qr/events and jobs wait in PostgreSQL/, 'the wait is logged');
     # the disconnect must be noticed (hiredis runs ev.cleanup before the
     # disconnect callback: a missed one left a dangling context, no
     # reconnect, and a double free at exit — the log checks below)
     ok(poll_until(6, sub { redis_state() eq 'down' }),
        'Redis stopped: GET /health says "redis":"down"');
     is(response(GET => '/health')->status, 503, '... with 503');
+    ok(poll_until(5, sub { $DOWN->error_log =~ /events and jobs wait in PostgreSQL/ }),
+       'the wait is logged (the events stay in the outbox)');
 
     Ahava::Test::redis()->start;
     $SUB = Ahava::Visits::Sub->new(Ahava::Test::redis()->port, 'ahava:user:*');   # before nginx is back
