@@ -80,6 +80,13 @@ ngx_ahava_rc_e ngx_ahava_visit_assign_nurse(ngx_http_request_t *r,
 ngx_ahava_rc_e ngx_ahava_visit_assign_doctor(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 
+/* visit reports (ngx_ahava_visits_export.c) */
+ngx_int_t ngx_ahava_export_declare(ngx_conf_t *cf);
+ngx_ahava_rc_e ngx_ahava_visit_export(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+ngx_ahava_rc_e ngx_ahava_export_status(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx);
+
 extern ngx_ahava_field_t  ngx_ahava_visit_status_fields[];
 extern ngx_ahava_field_t  ngx_ahava_visit_location_fields[];
 extern ngx_ahava_field_t  ngx_ahava_visit_report_fields[];

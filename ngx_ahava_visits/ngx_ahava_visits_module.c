@@ -1,9 +1,10 @@
 
 /*
- * ngx_ahava_visits_module: /api/visits (SPEC §5).  The routes are the
- * table below, a row per line of the SPEC; the reads are here, the
- * mutations in ngx_ahava_visits_update.c, the SQL of both in
- * ngx_ahava_visits_sql.c.  Each answer is one prepared statement.
+ * ngx_ahava_visits_module: /api/visits and /api/exports (SPEC §5).  The
+ * routes are the table below, a row per line of the SPEC; the reads are
+ * here, the mutations in ngx_ahava_visits_update.c, the SQL of both in
+ * ngx_ahava_visits_sql.c, visit reports in ngx_ahava_visits_export.c.
+ * Each answer is one prepared statement.
  */
 
 
@@ -107,6 +108,12 @@ static ngx_ahava_route_t  ngx_ahava_visits_routes[] = {
       ngx_ahava_visit_doctor_fields, ngx_ahava_visit_assign_doctor, NULL,
       0, 0 },
 
+    { NGX_HTTP_POST, "/api/visits/:/export", NULL, NULL,
+      ngx_ahava_visit_export, NULL, 0, 0 },
+
+    { NGX_HTTP_GET, "/api/exports/:", NULL, NULL,
+      ngx_ahava_export_status, NULL, 0, 0 },
+
     { 0, NULL, NULL, NULL, NULL, NULL, 0, 0 }
 };
 
@@ -158,6 +165,10 @@ ngx_module_t  ngx_ahava_visits_module = {
 static ngx_int_t
 ngx_ahava_visits_postconfiguration(ngx_conf_t *cf)
 {
+    if (ngx_ahava_export_declare(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_ahava_visits_declare(cf);
 }
 

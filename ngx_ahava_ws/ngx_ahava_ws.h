@@ -109,6 +109,7 @@ struct ngx_ahava_ws_session_s {
     size_t                     deferred_bytes;
 
     void                      *replay;          /* while ?since= replays */
+    void                      *replayed;        /* the last ids it sent */
 
     ngx_uint_t                 close_code;      /* to close with */
 

@@ -47,8 +47,8 @@ typedef struct {
 /*
  * A replay: its cursor (the last message sent) and the ids of the last
  * messages it sent, so that a live event of one of them, arriving after
- * its page, is not sent again (one that arrives before is marked in the
- * held queue).  Dropping by id only: a message older than the cursor that
+ * its page or even after the replay, is not sent again (one that arrives
+ * before is marked in the held queue).  Dropping by id only: a message older than the cursor that
  * committed late is still delivered.
  */
 #define NGX_AHAVA_WS_REPLAY_IDS    256
@@ -801,6 +801,10 @@ ngx_ahava_ws_abandon(void *data)
 
     if (s->replay) {
         ngx_free(s->replay);
+    }
+
+    if (s->replayed) {
+        ngx_free(s->replayed);
     }
 
     ngx_free(s);
@@ -1745,7 +1749,12 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "ahava: websocket replay done");
 
-    ngx_free(s->replay);
+    /* its last ids stay: an event of one of them may still come, late */
+    if (s->replayed) {
+        ngx_free(s->replayed);
+    }
+
+    s->replayed = s->replay;
     s->replay = NULL;
 
     /* the live events that came meanwhile, in their order */
@@ -1861,12 +1870,24 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     ilen = 0;
 
     if (opcode == NGX_AHAVA_WS_OP_TEXT && len > 40
-        && ngx_strncmp(payload, "{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\":\"",
-                       sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\":\"") - 1)
+        && ngx_strncmp(payload, "{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"",
+                       sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"") - 1)
            == 0)
     {
-        id = payload + sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\":\"") - 1;
-        end = ngx_strlchr(id, payload + len, '"');
+        /* the data as nginx writes it, or as PostgreSQL does (the outbox:
+         * "id" : "...") */
+        id = payload + sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"") - 1;
+        end = payload + len;
+
+        while (id < end && (*id == ' ' || *id == ':')) {
+            id++;
+        }
+
+        if (id < end && *id == '"') {
+            id++;
+        }
+
+        end = ngx_strlchr(id, end, '"');
         ilen = end ? (size_t) (end - id) : 0;
 
         if (ilen == 0 || ilen > NGX_AHAVA_ID_MAX_LEN) {
@@ -1919,14 +1940,16 @@ ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f)
 void
 ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
 {
+    ngx_uint_t              i, n;
     ngx_ahava_ws_replay_t  *rp;
+
     if (s->closing) {
         return;
     }
 
-    ngx_uint_t              i, n;
-
-    rp = s->replay;
+    /* the replay running, or the last one: events come through the outbox,
+     * late after a Redis outage, so one may follow its message's replay */
+    rp = s->replay ? s->replay : s->replayed;
 
     if (rp && f->id) {
         /* a message the replay sent already */
@@ -2304,6 +2327,10 @@ ngx_ahava_ws_finalize(ngx_ahava_ws_session_t *s)
 
     if (s->replay) {
         ngx_free(s->replay);
+    }
+
+    if (s->replayed) {
+        ngx_free(s->replayed);
     }
 
     ngx_free(s);

@@ -51,6 +51,7 @@ server {
 
     location = /health { ahava_health; }
     location /api/visits { ahava_visits; }
+    location /api/exports/ { ahava_visits; }
     location /api/messages { ahava_messages; }
     location / { return 404; }
     location \@ahava_error { ahava_error_page; }

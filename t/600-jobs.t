@@ -1,0 +1,289 @@
+# Jobs from nginx (SPEC §5, §9; README "Jobs and the outbox"): every trigger
+# enqueues exactly its jobs in BullMQ's own layout — read back by the real
+# bullmq npm package (Queue.getJobs) with their names, data and options —
+# and nothing for the actor; a BullMQ Worker in Node processes them, and a
+# job a Node Queue added beside ours is left alone; no plaintext of a
+# message in the outbox or in Redis; Redis stopped during a burst, then
+# started: every event and job arrives once, in order; an outbox row seen
+# again after it was sent is not sent twice; the export endpoints'
+# authorization matrix and JSON.
+use strict;
+use warnings;
+use Test::More;
+use JSON::PP ();
+use Ahava::Test;
+use Ahava::Messages;
+use Ahava::Visits qw();
+
+setup(private_redis => 1);
+start_messages_nginx();
+
+my $JSON = JSON::PP->new->utf8->canonical;
+my $TOP = repo_root();
+my $REDIS = Ahava::Test::redis();
+my $URL = env_value('REDIS_URL');
+my @QUEUES = qw(pdf-export email push-notification);
+my ($P1, $P2, $N1, $N2, $D, $A) = @ID{qw(patient1 patient2 nurse1 nurse2 doctor admin)};
+my $D2 = Ahava::Visits::new_user(role => 'DOCTOR');
+my %EMAIL = map { @$_ } @{ psql('SELECT id, email FROM users') };
+
+sub redis_state { my $r = response(GET => '/health'); ref $r->json eq 'HASH' ? $r->json->{redis} // '' : '' }
+ok(poll_until(10, sub { redis_state() eq 'ok' }), 'nginx is connected to Redis');
+
+sub peer {
+    my (@args) = @_;
+    my ($rc, $out) = run_capture(['node', "$TOP/t/lib/bullmq-peer.js", @args]);
+    die "bullmq-peer @args failed ($rc): $out" if $rc;
+    my ($line) = grep { /^[\[{]/ } split /\n/, $out;
+    return $JSON->decode($line);
+}
+sub outbox_empty { poll_until(10, sub { psql_value('SELECT count(*) FROM ahava_outbox') == 0 }) }
+sub all_jobs { outbox_empty(); return peer('jobs', $URL, join(',', @QUEUES)) }
+
+# the jobs an action added, by queue
+sub jobs_of {
+    my ($action) = @_;
+    my $before = all_jobs();
+    my %seen = map { my $q = $_; map { ("$q/$_->{id}" => 1) } @{ $before->{$q} } } @QUEUES;
+    my $res = $action->();
+    my $after = all_jobs();
+    my %new = map { my $q = $_; ($q => [grep { !$seen{"$q/$_->{id}"} } @{ $after->{$q} }]) } @QUEUES;
+    return ($res, \%new);
+}
+sub push_users  { [sort map { $_->{data}{userId} } @{ $_[0]{'push-notification'} }] }
+sub email_users { [sort map { $_->{data}{to} } @{ $_[0]{email} }] }
+sub mutate { my ($what, $v, $as, $body) = @_; json_request(POST => "/api/visits/$v/$what", $as, $body // {}) }
+
+# --- the options of SPEC §9, as BullMQ reads them --------------------------------------------------
+my $MARKER = 'MARKER-' . int(rand 1e9) . '-do-not-store';
+my ($r, $new) = jobs_of(sub { send_message('nurse1', $ID{visit1}, 'patient1', "Dressing changed. $MARKER") });
+api_ok($r, 'nurse1 → patient1: 201', status => 201);
+my $msg = data_of($r) || {};
+{
+    my @push = @{ $new->{'push-notification'} };
+    is(scalar @push, 1, 'NEW_MESSAGE: one push job');
+    is_deeply([map { scalar @{ $new->{$_} } } qw(pdf-export email)], [0, 0], '... and no other job');
+    my $j = $push[0] || {};
+    is($j->{name}, 'send-push', '... named send-push');
+    is_deeply($j->{data}, { userId => $P1, title => 'New message', body => 'New message from Nurse Dlamini',
+                            data => { type => 'NEW_MESSAGE', visitId => $ID{visit1}, messageId => $msg->{id} } },
+              '... data {userId, title, body, data}: who wrote, on which visit, never what')
+        or diag(explain $j->{data});
+    is_deeply($j->{opts}, { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 5,
+                            removeOnComplete => 100, removeOnFail => 10 },
+              '... opts: 3 attempts, exponential backoff from 2000 ms, priority 5, keep 100/10');
+    is($j->{state}, 'prioritized', '... waiting to be processed (prioritized)');
+    like($j->{id}, qr/^ahava-\d+$/, '... its BullMQ id names its outbox row');
+    ok(abs($j->{timestamp} / 1000 - time) < 60, '... timestamp in epoch ms');
+}
+
+# --- no plaintext at rest ------------------------------------------------------------------------------
+sub redis_dump {
+    my ($rc, $keys) = run_capture(['redis-cli', '-p', $REDIS->port, '--scan']);
+    my $all = '';
+    for my $k (split /\n/, $keys) {
+        my (undef, $type) = run_capture(['redis-cli', '-p', $REDIS->port, 'type', $k]);
+        chomp $type;
+        my @cmd = $type eq 'hash' ? ('hgetall', $k) : $type eq 'string' ? ('get', $k)
+                : $type eq 'list' ? ('lrange', $k, 0, -1) : $type eq 'zset' ? ('zrange', $k, 0, -1)
+                : $type eq 'stream' ? ('xrange', $k, '-', '+') : ();
+        next unless @cmd;
+        my (undef, $v) = run_capture(['redis-cli', '-p', $REDIS->port, @cmd]);
+        $all .= "$k\n$v\n";
+    }
+    return $all;
+}
+{
+    my $dump = redis_dump();
+    like($dump, qr/bull:push-notification:ahava-\d+/, 'Redis holds the push job');
+    unlike($dump, qr/\Q$MARKER\E/, 'no key, hash, list or stream in Redis holds the message text');
+}
+
+# --- each trigger: exactly its jobs, nothing for the actor -------------------------------------------
+my $V = Ahava::Visits::new_visit(status => 'SCHEDULED');
+my @cases = (
+    [ 'status IN_PROGRESS by the nurse', sub { json_request(PATCH => "/api/visits/$V/status", 'nurse1', { status => 'IN_PROGRESS' }) },
+      [$P1, $D], [] ],
+    [ 'location by the nurse (no job)', sub { mutate('location', $V, 'nurse1', { lat => -26.1, lng => 28.0 }) },
+      [], [] ],
+    [ 'nurse report', sub { mutate('nurse-report', $V, 'nurse1', { nurseReport => "Report $MARKER" }) },
+      [$P1, $D], [] ],
+    [ 'doctor review', sub { mutate('doctor-review', $V, 'doctor', { doctorReview => 'Good care', doctorRating => 5 }) },
+      [$P1, $N1], [] ],
+);
+my $VC = Ahava::Visits::new_visit(status => 'SCHEDULED');
+my $VA = Ahava::Visits::new_visit(status => 'EN_ROUTE');
+push @cases, (
+    [ 'cancel by the patient', sub { mutate('cancel', $VC, 'patient1', { reason => "private $MARKER" }) },
+      [$N1, $D], [$EMAIL{$N1}] ],
+    [ 'cancel by the admin', sub { mutate('cancel', Ahava::Visits::new_visit(status => 'EN_ROUTE'), 'admin') },
+      [$P1, $N1, $D], [$EMAIL{$P1}, $EMAIL{$N1}] ],
+    [ 'assign-nurse by the admin', sub { mutate('assign-nurse', $VA, 'admin', { nurseId => $N2 }) },
+      [$P1, $N1, $N2, $D], [$EMAIL{$N2}] ],
+    [ 'assign-doctor by the admin', sub { mutate('assign-doctor', $VA, 'admin', { doctorId => $D2 }) },
+      [$P1, $N2, $D, $D2], [] ],
+    [ 'a refused status change (409): nothing', sub { json_request(PATCH => "/api/visits/$VC/status", 'nurse1', { status => 'ARRIVED' }) },
+      [], [], 409 ],
+    [ 'messages read: no job', sub { json_request(POST => '/api/messages/read', 'patient1', { messageIds => [$msg->{id}] }) },
+      [], [] ],
+);
+for my $c (@cases) {
+    my ($name, $action, $push, $email, $status) = @$c;
+    my ($res, $jobs) = jobs_of($action);
+    is($res->status, $status // 200, "$name: " . ($status // 200)) or diag($res->body);
+    is_deeply(push_users($jobs), [sort @$push], "$name: push to " . (join(', ', map { substr($_, 1, 12) } @$push) || 'nobody'));
+    is_deeply(email_users($jobs), [sort @$email], "$name: email to " . (join(', ', @$email) || 'nobody'));
+    is(scalar @{ $jobs->{'pdf-export'} }, 0, "$name: no pdf-export");
+    for my $j (@{ $jobs->{'push-notification'} }) {
+        like($j->{data}{body} // '', qr/^\S.*\.$/, "$name: push to " . substr($j->{data}{userId}, 1, 12) . ": '$j->{data}{body}'");
+        ok($j->{data}{data}{visitId}, "$name: ... names the visit");
+    }
+    for my $j (@{ $jobs->{email} }) {
+        is($j->{name}, 'send-email', "$name: email job send-email");
+        like($j->{data}{subject} // '', qr/Ahava visit/, "$name: ... subject '$j->{data}{subject}'");
+        like($j->{data}{text} // '', qr/^Dear \S+,\n\n.+/, "$name: ... a text part");
+        like($j->{data}{html} // '', qr/^<!DOCTYPE html>.*<p>Dear /s, "$name: ... an HTML part");
+        is($j->{opts}{priority}, 3, "$name: ... priority 3");
+        is_deeply([@{ $j->{opts} }{qw(removeOnComplete removeOnFail attempts)}], [50, 10, 3], "$name: ... keep 50/10, 3 attempts");
+    }
+    my $all = $JSON->encode($jobs);
+    unlike($all, qr/\Q$MARKER\E/, "$name: no job carries what was written");
+}
+
+# --- a Node Queue's job beside ours; a BullMQ Worker processes them all ---------------------------
+{
+    my $node = peer('add', $URL, 'push-notification', 'send-push',
+                    $JSON->encode({ userId => $P2, title => 'from node', body => 'node producer' }));
+    ok($node->{id} && $node->{id} =~ /^\d+$/, "a Node Queue adds a job beside ours (id $node->{id})");
+    my ($res, $jobs) = jobs_of(sub { send_message('doctor', $ID{visit1}, 'patient1', 'after the node job') });
+    is(scalar @{ $jobs->{'push-notification'} }, 1, 'our next push is one job');
+    my $list = all_jobs()->{'push-notification'};
+    my ($mine) = grep { $_->{id} eq $node->{id} } @$list;
+    is_deeply([$mine->{name}, $mine->{data}, $mine->{state}], ['send-push', { userId => $P2, title => 'from node', body => 'node producer' }, 'waiting'],
+              "... the Node job is untouched by our producer (name, data, state)");
+    my @ours = grep { $_->{id} =~ /^ahava-/ } @$list;
+    my $n = @$list;
+    my $w = peer('work', $URL, 'push-notification', $n);
+    is(scalar @{ $w->{processed} }, $n, "a BullMQ Worker in Node processed all $n push jobs");
+    is_deeply([sort map { $_->{id} } @{ $w->{processed} }], [sort map { $_->{id} } @$list], '... ours and the Node one');
+    is_deeply([sort @{ $w->{events} }], [sort map { $_->{id} } @$list], '... QueueEvents saw each completed');
+    is($w->{counts}{completed}, $n, "... getJobCounts: $n completed");
+    is($w->{counts}{prioritized} + $w->{counts}{waiting}, 0, '... none left waiting');
+    my ($first) = grep { $_->{id} eq $ours[0]{id} } @{ $w->{processed} };
+    is_deeply($first->{data}, $ours[0]{data}, '... the worker got our data as we wrote it');
+}
+
+# --- exports: the authorization matrix and the JSON ---------------------------------------------------
+{
+    my %want = (patient1 => 202, nurse1 => 202, doctor => 202, admin => 202, patient2 => 404, nurse2 => 404);
+    my %export;
+    for my $who (sort keys %want) {
+        my ($res, $jobs) = jobs_of(sub { json_request(POST => "/api/visits/$ID{visit1}/export", $who) });
+        is($res->status, $want{$who}, "POST export of visit 1 by $who: $want{$who}");
+        if ($want{$who} == 202) {
+            my $id = (data_of($res) || {})->{exportJobId} // '';
+            like($id, qr/^c[a-z0-9]{24}$/, "... {exportJobId}");
+            $export{$who} = $id;
+            my ($j) = @{ $jobs->{'pdf-export'} };
+            is(scalar @{ $jobs->{'pdf-export'} }, 1, '... one pdf-export job');
+            is_deeply([$j->{name}, $j->{data}], ['generate-pdf', { exportJobId => $id, userId => uid($who), type => 'visit_report',
+                                                 filters => { visitId => $ID{visit1} } }],
+                      '... generate-pdf {exportJobId, userId, type, filters}');
+            is_deeply([@{ $j->{opts} }{qw(priority removeOnComplete removeOnFail attempts)}], [1, 10, 5, 3],
+                      '... priority 1, keep 10/5, 3 attempts');
+            is_deeply(psql(qq{SELECT "userId", "userRole", type, status, filters->>'visitId' FROM export_jobs WHERE id = '$id'}),
+                      [[uid($who), ($who eq 'admin' ? 'ADMIN' : $who =~ /patient/ ? 'PATIENT' : $who =~ /nurse/ ? 'NURSE' : 'DOCTOR'),
+                        'visit_report', 'PENDING', $ID{visit1}]], '... its export_jobs row, PENDING');
+        } else {
+            is(($res->json || {})->{code}, 'NOT_FOUND', '... NOT_FOUND');
+            is_deeply([map { scalar @{ $jobs->{$_} } } @QUEUES], [0, 0, 0], '... and no job');
+        }
+    }
+    api_error_is(json_request(POST => '/api/visits/nosuchvisit/export', 'admin'), 404, 'NOT_FOUND', 'export of no visit: 404');
+    is(psql_value(q{SELECT count(*) FROM export_jobs}), 4, 'four export_jobs rows, no more');
+
+    my $id = $export{patient1};
+    my $res = response(GET => "/api/exports/$id", as => 'patient1');
+    api_ok($res, 'GET /api/exports/:id by its owner: 200');
+    my $d = data_of($res) || {};
+    is_deeply([sort keys %$d], [sort qw(id type status filters fileUrl fileSize checksum createdAt completedAt)],
+              '... {id, type, status, filters, fileUrl, fileSize, checksum, createdAt, completedAt}');
+    is_deeply([@$d{qw(id type status fileUrl fileSize checksum completedAt)}], [$id, 'visit_report', 'PENDING', undef, undef, undef, undef],
+              '... PENDING, no file yet');
+    like($d->{createdAt} // '', qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, '... createdAt ISO-8601 UTC');
+    psql(qq{UPDATE export_jobs SET status = 'COMPLETED', "fileUrl" = '/uploads/exports/r.pdf', "fileSize" = 1234,
+            checksum = repeat('a', 64), "completedAt" = LOCALTIMESTAMP(3) WHERE id = '$id'});
+    $d = data_of(response(GET => "/api/exports/$id", as => 'admin')) || {};
+    is_deeply([@$d{qw(status fileUrl fileSize checksum)}], ['COMPLETED', '/uploads/exports/r.pdf', 1234, 'a' x 64],
+              'the admin reads it too, completed: fileUrl, fileSize (a number), checksum');
+    api_error_is(response(GET => "/api/exports/$id", as => $_), 404, 'NOT_FOUND', "GET another's export as $_: 404")
+        for qw(nurse1 doctor patient2);
+    api_error_is(response(GET => '/api/exports/nosuchexport', as => 'admin'), 404, 'NOT_FOUND', 'GET no export: 404');
+    api_error_is(response(GET => "/api/exports/$id"), 401, 'TOKEN_MISSING', 'GET without a token: 401');
+}
+
+# --- an outbox row seen again after it was sent is not sent twice -------------------------------------
+{
+    my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
+    my ($res, $jobs) = jobs_of(sub { send_message('nurse1', $ID{visit1}, 'patient1', 'once only') });
+    my ($push) = @{ $jobs->{'push-notification'} };
+    my ($row) = $push->{id} =~ /^ahava-(\d+)$/;
+    my @ev = $sub->wait_for(5, sub { @_ >= 2 });
+    is(scalar @ev, 2, 'NEW_MESSAGE published to the recipient and the sender');
+    $sub->take;
+    # as if the relay had died between Redis and its DELETE: the rows are back
+    my $ev_row = $row - 1;
+    psql(qq{INSERT INTO ahava_outbox (id, kind, topic, recipients, payload, "createdAt")
+            VALUES ($ev_row, 'event', 'NEW_MESSAGE', ARRAY['$P1', '$N1'], '{}', LOCALTIMESTAMP(3) - interval '1 minute'),
+                   ($row, 'job', 'push-notification', NULL, '{"userId":"$P1"}', LOCALTIMESTAMP(3) - interval '1 minute')});
+    ok(outbox_empty(), 'the sweep takes both rows again (and deletes them)');
+    $sub->wait_for(1.5, sub { @_ >= 1 });
+    is(scalar($sub->take), 0, '... the event is not published again');
+    my $list = all_jobs()->{'push-notification'};
+    is(scalar(grep { $_->{id} eq "ahava-$row" } @$list), 1, '... the job is there once');
+    is_deeply((grep { $_->{id} eq "ahava-$row" } @$list)[0]{data}, $push->{data}, '... as it was first written');
+    $sub->disconnect;
+}
+
+# --- Redis stopped during a burst of mutations, then started ------------------------------------------
+{
+    ok($REDIS->stop, 'Redis stopped');
+    ok(poll_until(6, sub { redis_state() eq 'down' }), '... nginx notices');
+    my @sent;
+    for my $i (1 .. 20) {
+        my $who = $i % 2 ? 'nurse1' : 'patient1';
+        my $res = send_message($who, $ID{visit1}, $who eq 'nurse1' ? 'patient1' : 'nurse1', "burst $i $MARKER");
+        push @sent, (data_of($res) || {})->{id} if $res->status == 201;
+    }
+    is(scalar @sent, 20, 'twenty messages sent while Redis is down: all 201');
+    my $c = mutate('cancel', Ahava::Visits::new_visit(status => 'SCHEDULED'), 'admin');
+    api_ok($c, 'a cancellation too: 200');
+    is(psql_value(q{SELECT count(*) FROM ahava_outbox}), 20 * 2 + 1 + 3 + 2, 'the outbox holds their 46 rows (events, pushes, emails)');
+    my $rows = join "\n", map { join '|', map { $_ // '' } @$_ } @{ psql('SELECT * FROM ahava_outbox') };
+    unlike($rows, qr/\Q$MARKER\E/, '... none holds the message text (the event row holds its ciphertext)');
+    like($rows, qr/\|v2:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+\|/, '... it does hold the ciphertext');
+
+    ok($REDIS->start, 'Redis started again');
+    my $sub = Ahava::Messages::Subscriber->new($REDIS->port);       # before nginx is back
+    my @ev = $sub->wait_for(15, sub { (grep { ($_->{payload}{type} // '') eq 'NEW_MESSAGE' } @_) >= 40 });
+    ok(outbox_empty(), 'the outbox drains');
+    $sub->wait_for(1, sub { 0 });
+    @ev = grep { ($_->{payload}{type} // '') eq 'NEW_MESSAGE' } $sub->take;
+    my %by;
+    push @{ $by{ $_->{user} } }, $_->{payload}{data}{id} for @ev;
+    is_deeply(\%by, { $P1 => \@sent, $N1 => \@sent }, 'every NEW_MESSAGE arrives once on both channels, in the order sent');
+    is(scalar(grep { ($_->{payload}{data}{content} // '') =~ /^burst \d+ / } @ev), 40, '... decrypted');
+    my $list = all_jobs();
+    my %burst = map { $_ => 1 } @sent;
+    my @push = grep { $burst{ $_->{data}{data}{messageId} // '' } } @{ $list->{'push-notification'} };
+    my %n;
+    $n{ $_->{data}{data}{messageId} }++ for @push;
+    is_deeply([sort keys %n], [sort @sent], 'a push job for each message');
+    is(scalar(grep { $_ != 1 } values %n), 0, '... once each');
+    # getJobs lists prioritized jobs lowest score first: the order a worker takes them
+    is_deeply([map { $_->{data}{data}{messageId} } @push], \@sent, '... queued in the order sent');
+    is(scalar @{ $list->{email} }, 2, 'the cancellation\'s two emails');
+    $sub->disconnect;
+}
+
+done_ahava();
