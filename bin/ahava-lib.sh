@@ -66,7 +66,7 @@ start_postgres() {   # dir port
     fi
     rm -f "$dir/data/postmaster.pid"
     as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null \
         || { tail -20 "$dir/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
 
@@ -81,8 +81,11 @@ start_redis() {   # dir port
         log "Redis already running on port $port"
         return 0
     fi
+    # BullMQ's queues live here: an append-only file synced before Redis
+    # answers, so a crash loses no job it accepted (SPEC §1)
     redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
-        --appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
+        --appendonly yes --appendfsync always --daemonize yes \
+        --maxmemory-policy noeviction --pidfile "$dir/redis.pid" \
         --logfile "$dir/redis.log"
     local i
     for i in $(seq 1 100); do
@@ -93,7 +96,7 @@ start_redis() {   # dir port
 }
 
 stop_redis() {   # port
-    redis-cli -p "$1" shutdown nosave >/dev/null 2>&1 || true
+    redis-cli -p "$1" shutdown >/dev/null 2>&1 || true
 }
 
 # The test suite's Node packages (t/package.json: `ws` for the WebSocket

@@ -62,8 +62,9 @@
  * authenticate from the headers (401; the body is discarded unread) →
  * a Content-Length over 64 KiB (413) → method (405) → query arguments
  * (400) → read and validate the body (413, 415, 400) →
- * the route's step (authorize, one prepared statement) → its continuation
- * answers → events are published after the commit.
+ * the route's step (authorize, one prepared statement, which writes the
+ * change's events and jobs into the outbox with it) → its continuation
+ * answers and hands the outbox rows to the relay.
  */
 
 typedef enum {
@@ -479,18 +480,12 @@ ngx_int_t ngx_ahava_upload_url(u_char *url, size_t len, ngx_str_t *stored);
 void ngx_ahava_id_generate(u_char *id);
 u_char *ngx_ahava_iso_time(u_char *buf);
 
-/* events (ngx_ahava_event.c) */
+/* events that are not stored: typing (ngx_ahava_event.c) */
 #define NGX_AHAVA_PUBLISH_TO_ACTOR  1
 
-ngx_int_t ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
-    const char *type, u_char *data, size_t len, char **recipients,
-    ngx_uint_t n, ngx_uint_t flags);
 ngx_int_t ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
     ngx_log_t *log, u_char *actor, const char *type, u_char *data,
     size_t len, char **recipients, ngx_uint_t n, ngx_uint_t flags);
-ngx_int_t ngx_ahava_publish_json(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
-    const char *type, json_t *data, char **recipients, ngx_uint_t n,
-    ngx_uint_t flags);
 
 /* the outbox relay (ngx_ahava_outbox.c) */
 ngx_int_t ngx_ahava_outbox_declare(ngx_conf_t *cf);

@@ -1,11 +1,11 @@
 
 /*
- * What a request tells others after its change committed: events (SPEC §8)
- * are published to Redis, one PUBLISH per recipient on the channel
+ * Events that are not stored (SPEC §8): TYPING_INDICATOR, published to
+ * Redis at once, one PUBLISH per recipient on the channel
  * "ahava:user:<userId>", the payload being the WebSocket frame itself:
- * {"type":T,"data":{...},"timestamp":ISO}.  The data is already committed
- * in PostgreSQL, so an event lost while Redis is down is caught up over
- * REST.
+ * {"type":T,"data":{...},"timestamp":ISO}; lost if Redis is down, as a
+ * typing hint may be.  The events of a committed change go through the
+ * outbox instead (ngx_ahava_outbox.c), and are never lost.
  */
 
 
@@ -13,24 +13,10 @@
 
 
 /*
- * Publishes one event to each recipient, each once, the actor (the caller)
- * only with NGX_AHAVA_PUBLISH_TO_ACTOR (their other sessions).  data is
- * the JSON text of the event's data.  NGX_DECLINED when Redis is down.
+ * Publishes one event to each recipient, each once, the actor excepted
+ * unless NGX_AHAVA_PUBLISH_TO_ACTOR (their other sessions).  data is the
+ * JSON text of the event's data.  NGX_DECLINED when Redis is down.
  */
-
-ngx_int_t
-ngx_ahava_publish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
-    const char *type, u_char *data, size_t len, char **recipients,
-    ngx_uint_t n, ngx_uint_t flags)
-{
-    return ngx_ahava_publish_in(
-               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
-               r->pool, r->connection->log, ctx->user.id, type, data, len,
-               recipients, n, flags);
-}
-
-
-/* the same for an owner that is not a request (a WebSocket session) */
 
 ngx_int_t
 ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
@@ -100,30 +86,4 @@ ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
                    "ahava: event %s published to %ui users", type, sent);
 
     return NGX_OK;
-}
-
-
-/* The same with jansson data; steals the reference */
-
-ngx_int_t
-ngx_ahava_publish_json(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
-    const char *type, json_t *data, char **recipients, ngx_uint_t n,
-    ngx_uint_t flags)
-{
-    ngx_int_t  rc;
-    ngx_str_t  text;
-
-    if (data == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = ngx_ahava_json_dump(r->pool, data, &text);
-    json_decref(data);
-
-    if (rc != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return ngx_ahava_publish(r, ctx, type, text.data, text.len, recipients,
-                             n, flags);
 }
