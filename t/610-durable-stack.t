@@ -72,6 +72,15 @@ sub send_one {
     return ($id, $last);
 }
 
+# whatever happens, the stack does not outlive the test (TERM runs its
+# cleanup: nginx, PostgreSQL and Redis stopped)
+END {
+    if ($RUN && kill(0, $RUN)) {
+        kill 'TERM', $RUN;
+        waitpid($RUN, 0);
+    }
+}
+
 start_run();
 is(sql('SHOW fsync') . '/' . sql('SHOW synchronous_commit'), 'on/on', 'PostgreSQL: fsync on, synchronous_commit on');
 is(rcli(qw(config get appendonly)) . '|' . rcli(qw(config get appendfsync)), "appendonly\nyes|appendfsync\nalways",
