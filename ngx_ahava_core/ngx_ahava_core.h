@@ -492,6 +492,7 @@ ngx_int_t ngx_ahava_outbox_declare(ngx_conf_t *cf);
 ngx_int_t ngx_ahava_outbox_init(ngx_cycle_t *cycle,
     ngx_ahava_main_conf_t *amcf);
 void ngx_ahava_outbox_exit(void);
+void ngx_ahava_outbox_redis_ready(ngx_ahava_redis_t *redis, void *data);
 void ngx_ahava_outbox_relay(u_char *ids, size_t len);
 
 /* security events (ngx_ahava_audit.c) */

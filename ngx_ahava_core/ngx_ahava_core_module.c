@@ -976,7 +976,10 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
     }
 
     if (amcf->redis_host.len) {
-        amcf->redis = ngx_ahava_redis_create(cycle, amcf, NULL, NULL);
+        /* the outbox relay resumes as soon as Redis is (back) up */
+        amcf->redis = ngx_ahava_redis_create(cycle, amcf,
+                                             ngx_ahava_outbox_redis_ready,
+                                             NULL);
         if (amcf->redis == NULL) {
             return NGX_ERROR;
         }
@@ -993,6 +996,11 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
         if (ngx_ahava_outbox_init(cycle, amcf) != NGX_OK) {
             return NGX_ERROR;
         }
+
+    } else if (amcf->pg && ngx_worker == 0) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "ahava: no \"ahava_redis\": the events and jobs of "
+                      "changes stay in the table ahava_outbox");
     }
 
     return NGX_OK;

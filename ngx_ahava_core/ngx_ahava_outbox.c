@@ -5,14 +5,20 @@
  * (sql/006_outbox.sql), so they commit with it or not at all.  After the
  * commit the request hands the rows' ids to its worker's relay, which reads
  * them back, sends them to Redis with one script (events as PUBLISH, jobs
- * into BullMQ's layout) and deletes them.  A row that is not deleted is
- * read again later, by this worker or another, or by two at once; it is
- * still sent once: the script records each row's id in the sorted set
- * ahava:outbox:relayed (score: Redis's clock) in the same atomic step and
- * skips the ids it holds, for 30 s — far longer than a read may take
- * before it is sent (NGX_AHAVA_OUTBOX_STALE) or a sent row may wait for
- * its delete.  A job's BullMQ id is "ahava-<row id>" besides, and an id
- * BullMQ still holds is never added again.
+ * into BullMQ's layout) and deletes them — in the statement that reads the
+ * next batch, or after NGX_AHAVA_OUTBOX_LINGER ms when none comes: one
+ * statement and one script per batch under load.
+ *
+ * A row that is not deleted is read again later, by this worker or
+ * another, or by two at once; it is still sent once: the script records
+ * each row's id in the sorted set ahava:outbox:relayed (score: Redis's
+ * clock) in the same atomic step, after the row's commands, and skips the
+ * ids it holds.  An id is forgotten only once it is older than 30 s — far
+ * longer than a read may take before it is sent (NGX_AHAVA_OUTBOX_STALE) —
+ * and lower than every id still in the outbox, so a row that outlives its
+ * delete (PostgreSQL down) is remembered as long as it exists.  A job's
+ * BullMQ id is "ahava-<row id>" besides, and an id BullMQ holds is never
+ * added again.
  *
  * What a request could not hand over — Redis down, a failed step, a worker
  * that died, the ids of another nginx host — is picked up by the sweep:
@@ -21,22 +27,24 @@
  * first and without the age, until the outbox is drained, so that what
  * waited goes out before what came after.
  *
- * Nothing here blocks: one cycle at a time per worker (read, send, delete),
- * each step a statement on the pool or a Redis command, at most
- * NGX_AHAVA_OUTBOX_BATCH rows.
+ * Nothing here blocks: one cycle at a time per worker (a statement on the
+ * pool, then a Redis script), at most NGX_AHAVA_OUTBOX_BATCH rows.
  */
 
 
 #include "ngx_ahava_core.h"
 
 
-#define NGX_AHAVA_OUTBOX_PENDING  4096          /* ids handed over, a worker */
+#define NGX_AHAVA_OUTBOX_PENDING  4096          /* ids handed over, a worker;
+                                                   likewise ids to delete */
 #define NGX_AHAVA_OUTBOX_BATCH    100           /* rows per cycle */
 #define NGX_AHAVA_OUTBOX_SWEEP    1000          /* ms between sweeps */
 #define NGX_AHAVA_OUTBOX_AGE      "2000"        /* ms: then anyone's to send */
 #define NGX_AHAVA_OUTBOX_KEEP     "30000"       /* ms an id is remembered */
 #define NGX_AHAVA_OUTBOX_STALE    10000         /* ms: a slower read is not
-                                                   sent (see the script) */
+                                                   sent */
+#define NGX_AHAVA_OUTBOX_LINGER   20            /* ms a delete waits for a
+                                                   read to go with */
 
 /* the columns of a row read back */
 enum {
@@ -46,10 +54,13 @@ enum {
     NGX_AHAVA_OB_RECIPIENTS,
     NGX_AHAVA_OB_PAYLOAD,
     NGX_AHAVA_OB_SECRET,
-    NGX_AHAVA_OB_TIME
+    NGX_AHAVA_OB_TIME,
+    NGX_AHAVA_OB_FLOOR                          /* the lowest id left */
 };
 
-/* the script's arguments per row */
+/* the script's arguments: EVAL, the script, no keys, now, the floor, then
+ * per row */
+#define NGX_AHAVA_OB_HEAD         5
 #define NGX_AHAVA_OB_ARGS         7
 
 
@@ -76,28 +87,32 @@ static ngx_ahava_outbox_queue_t  ngx_ahava_outbox_queues[] = {
 
 
 /*
- * One batch, atomically.  ARGV: now (ms), then per row: kind (e|j), outbox
- * id, recipients (e: ids joined by ",") or queue (j), job name, payload
- * (e: the frame; j: the job's data), job opts, priority.  A job is added
- * as BullMQ 6.7's addPrioritizedJob does with a custom id (BULLMQ-LAYOUT.md
- * §4, §2.2): INCR id, "duplicated" if the id exists, else the hash,
- * "added", a score from pc, the marker unless paused or maxed, "waiting".
- * Returns how many rows were new.
+ * One batch.  ARGV: now (ms), the lowest id still in the outbox, then per
+ * row: kind (e|j), outbox id, recipients (e: ids joined by ",") or queue
+ * (j), job name, payload (e: the frame; j: the job's data), job opts,
+ * priority.  A job is added as BullMQ 6.7's addPrioritizedJob does with a
+ * custom id (BULLMQ-LAYOUT.md §4, §2.2): INCR id, "duplicated" if the id
+ * exists, else the hash, "added", a score from pc, the marker unless
+ * paused or maxed, "waiting".  A row is recorded once its commands ran: a
+ * script that fails midway leaves the rest to be sent again.  Returns how
+ * many rows were new.
  */
 static const char  ngx_ahava_outbox_script[] =
-    "local now = ARGV[1]\n"
+    "local now, floor = ARGV[1], tonumber(ARGV[2])\n"
     "local seen = 'ahava:outbox:relayed'\n"
     "local t = redis.call('TIME')\n"
     "local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('ZREMRANGEBYSCORE', seen, '-inf', clock - "
-    NGX_AHAVA_OUTBOX_KEEP ")\n"
+    "local old = redis.call('ZRANGEBYSCORE', seen, '-inf', clock - "
+    NGX_AHAVA_OUTBOX_KEEP ", 'LIMIT', 0, 1000)\n"
+    "for _, id in ipairs(old) do\n"
+    "  if tonumber(id) < floor then redis.call('ZREM', seen, id) end\n"
+    "end\n"
     "local new = 0\n"
-    "for i = 2, #ARGV, 7 do\n"
+    "for i = 3, #ARGV, 7 do\n"
     "  local kind, id, target, name, payload, opts, prio ="
     " ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5],"
     " ARGV[i+6]\n"
-    "  if redis.call('ZADD', seen, 'NX', clock, id) == 1 then\n"
-    "    new = new + 1\n"
+    "  if not redis.call('ZSCORE', seen, id) then\n"
     "    if kind == 'e' then\n"
     "      for user in string.gmatch(target, '[^,]+') do\n"
     "        redis.call('PUBLISH', 'ahava:user:' .. user, payload)\n"
@@ -124,70 +139,99 @@ static const char  ngx_ahava_outbox_script[] =
     " tonumber(prio) * 0x100000000 + pc % 0x100000000, job)\n"
     "        local meta = redis.call('HMGET', P .. 'meta', 'paused',"
     " 'concurrency')\n"
-    "        if not meta[1] and (not meta[2] or"
-    " redis.call('LLEN', P .. 'active') < tonumber(meta[2])) then\n"
+    "        local limit = tonumber(meta[2])\n"
+    "        if not meta[1] and (not limit or"
+    " redis.call('LLEN', P .. 'active') < limit) then\n"
     "          redis.call('ZADD', P .. 'marker', 0, '0')\n"
     "        end\n"
     "        redis.call('XADD', P .. 'events', 'MAXLEN', '~', max, '*',"
     " 'event', 'waiting', 'jobId', job)\n"
     "      end\n"
     "    end\n"
+    "    redis.call('ZADD', seen, clock, id)\n"
+    "    new = new + 1\n"
     "  end\n"
     "end\n"
     "return new\n";
 
 
+/*
+ * A cycle's one statement: delete what was sent ($2), read the next rows —
+ * those handed over ($1), or the oldest, older than $1 ms.  The delete's
+ * effect is not visible to the read of the same statement: the oldest are
+ * read without $2.  The sweep also reads the lowest id left (the script's
+ * floor; NULL: none), in a row of its own when no row is due; not every
+ * cycle: the lowest ids of a busy outbox are dead rows waiting for vacuum,
+ * which min() walks through.
+ */
 #define NGX_AHAVA_OUTBOX_COLUMNS                                             \
-    "SELECT id, kind, topic, array_to_string(recipients, ','), payload,"     \
-    " secret, " NGX_AHAVA_TS("\"createdAt\"") " FROM ahava_outbox"
+    "o.id, o.kind, o.topic, array_to_string(o.recipients, ','), o.payload,"  \
+    " o.secret, " NGX_AHAVA_TS("o.\"createdAt\"")
+
+#define NGX_AHAVA_OUTBOX_GONE                                                \
+    "WITH gone AS (DELETE FROM ahava_outbox WHERE id = ANY($2::bigint[]))"
 
 enum {
     NGX_AHAVA_OUTBOX_ROWS = 0,
-    NGX_AHAVA_OUTBOX_BACKLOG,
-    NGX_AHAVA_OUTBOX_DELETE
+    NGX_AHAVA_OUTBOX_BACKLOG
 };
 
 static ngx_ahava_stmt_t  ngx_ahava_outbox_stmts[] = {
 
-    /* the rows a request handed over; $1 their ids */
     { ngx_string("outbox rows"),
-      NGX_AHAVA_OUTBOX_COLUMNS " WHERE id = ANY($1::bigint[]) ORDER BY id",
-      1, 0, "" },
+      NGX_AHAVA_OUTBOX_GONE
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint"
+      " FROM ahava_outbox o WHERE o.id = ANY($1::bigint[]) ORDER BY o.id",
+      2, 0, "" },
 
-    /* the oldest rows, those older than $1 ms */
     { ngx_string("outbox backlog"),
-      NGX_AHAVA_OUTBOX_COLUMNS " WHERE \"createdAt\" <= LOCALTIMESTAMP(3)"
-      " - $1::int * interval '1 millisecond' ORDER BY id LIMIT 100",
-      1, 0, "" },
-
-    /* sent: $1 their ids */
-    { ngx_string("outbox relayed"),
-      "DELETE FROM ahava_outbox WHERE id = ANY($1::bigint[])",
-      1, 0, "" },
+      NGX_AHAVA_OUTBOX_GONE
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", f.floor"
+      " FROM (SELECT min(id) AS floor FROM ahava_outbox) f"
+      " LEFT JOIN LATERAL (SELECT * FROM ahava_outbox"
+      " WHERE \"createdAt\" <= LOCALTIMESTAMP(3)"
+      " - $1::int * interval '1 millisecond' AND id <> ALL($2::bigint[])"
+      " ORDER BY id LIMIT 100) o ON true ORDER BY o.id",
+      2, 0, "" },
 };
+
+
+/* ids in a bounded list, printed as a PostgreSQL array */
+typedef struct {
+    int64_t                   *ids;
+    ngx_uint_t                 n;
+} ngx_ahava_outbox_ids_t;
 
 
 typedef struct {
     ngx_ahava_main_conf_t     *amcf;
     ngx_log_t                 *log;
 
-    int64_t                   *pending;         /* handed over, sorted by
-                                                   arrival */
-    ngx_uint_t                 npending;
+    ngx_ahava_outbox_ids_t     pending;         /* handed over, in order */
+    ngx_ahava_outbox_ids_t     sent;            /* sent, to delete */
 
     ngx_pool_t                *pool;            /* the running cycle's */
     ngx_ahava_pg_query_t      *query;
-    char                      *ids;             /* the batch's, {1,2,3} */
+    int64_t                   *batch;           /* the ids read */
+    int64_t                    last;            /* the highest id read */
+    u_char                     floor[NGX_INT64_LEN + 1];  /* the lowest id
+                                                   left, as the last sweep
+                                                   saw it */
     ngx_uint_t                 nrows;
     ngx_msec_t                 started;         /* the read was sent */
 
     ngx_event_t                sweep;
     ngx_event_t                kick;
+    ngx_event_t                linger;
     ngx_ahava_log_limit_t      fail_log;
 
     unsigned                   running:1;
     unsigned                   sweeping:1;      /* this cycle reads by age */
+    unsigned                   sweep_due:1;     /* a second passed */
     unsigned                   backlog:1;       /* send the oldest first */
+    unsigned                   dropped:1;       /* handed-over ids were lost
+                                                   since the sweep began */
+    unsigned                   lost:1;          /* ... before it began */
     unsigned                   exiting:1;
 } ngx_ahava_outbox_t;
 
@@ -197,11 +241,13 @@ static ngx_ahava_outbox_t  *ngx_ahava_outbox;
 
 static void ngx_ahava_outbox_sweep_handler(ngx_event_t *ev);
 static void ngx_ahava_outbox_kick_handler(ngx_event_t *ev);
-static void ngx_ahava_outbox_start(ngx_ahava_outbox_t *o, ngx_uint_t sweep);
+static void ngx_ahava_outbox_start(ngx_ahava_outbox_t *o);
+static void ngx_ahava_outbox_drop(ngx_ahava_outbox_t *o);
+static char *ngx_ahava_outbox_array(ngx_pool_t *pool, int64_t *ids,
+    ngx_uint_t n);
 static void ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q);
 static void ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply,
     void *data);
-static void ngx_ahava_outbox_deleted(ngx_ahava_pg_query_t *q);
 static void ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok);
 static ngx_int_t ngx_ahava_outbox_frame(ngx_ahava_outbox_t *o, PGresult *res,
     int row, ngx_str_t *frame);
@@ -226,14 +272,17 @@ ngx_ahava_outbox_init(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
         return NGX_ERROR;
     }
 
-    o->pending = ngx_palloc(cycle->pool,
-                            NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
-    if (o->pending == NULL) {
+    o->pending.ids = ngx_palloc(cycle->pool,
+                                NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
+    o->sent.ids = ngx_palloc(cycle->pool,
+                             NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
+    if (o->pending.ids == NULL || o->sent.ids == NULL) {
         return NGX_ERROR;
     }
 
     o->amcf = amcf;
     o->log = cycle->log;
+    o->floor[0] = '0';                  /* forget nothing before a sweep */
 
     o->sweep.handler = ngx_ahava_outbox_sweep_handler;
     o->sweep.data = o;
@@ -243,6 +292,11 @@ ngx_ahava_outbox_init(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
     o->kick.handler = ngx_ahava_outbox_kick_handler;
     o->kick.data = o;
     o->kick.log = cycle->log;
+
+    o->linger.handler = ngx_ahava_outbox_kick_handler;
+    o->linger.data = o;
+    o->linger.log = cycle->log;
+    o->linger.cancelable = 1;
 
     /* rows left by a worker that is gone go out soon after the start */
     o->backlog = 1;
@@ -271,6 +325,10 @@ ngx_ahava_outbox_exit(void)
         ngx_del_timer(&o->sweep);
     }
 
+    if (o->linger.timer_set) {
+        ngx_del_timer(&o->linger);
+    }
+
     if (o->kick.posted) {
         ngx_delete_posted_event(&o->kick);
     }
@@ -280,8 +338,26 @@ ngx_ahava_outbox_exit(void)
         o->query = NULL;
     }
 
-    /* what is left is in the outbox: the next sweep anywhere sends it */
+    /* what is left is in the outbox: sent rows are skipped when read
+     * again, the others go out with the next sweep anywhere */
     ngx_ahava_outbox = NULL;
+}
+
+
+/* Redis is (back) up: what waits goes now, not at the next sweep */
+
+void
+ngx_ahava_outbox_redis_ready(ngx_ahava_redis_t *redis, void *data)
+{
+    ngx_ahava_outbox_t  *o;
+
+    o = ngx_ahava_outbox;
+
+    if (o == NULL || o->exiting || o->running || o->kick.posted) {
+        return;
+    }
+
+    ngx_post_event(&o->kick, &ngx_posted_events);
 }
 
 
@@ -307,6 +383,12 @@ ngx_ahava_outbox_relay(u_char *ids, size_t len)
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, o->log, 0,
                    "ahava: outbox relay %*s", len, ids);
 
+    if (o->backlog && ngx_ahava_redis_healthy(o->amcf->redis) != NGX_OK) {
+        ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
+                              "ahava: redis unavailable: events and jobs "
+                              "wait in PostgreSQL");
+    }
+
     p = ids + 1;
     last = ids + len - 1;
 
@@ -318,14 +400,13 @@ ngx_ahava_outbox_relay(u_char *ids, size_t len)
         }
 
         if (id > 0) {
-            if (o->npending == NGX_AHAVA_OUTBOX_PENDING) {
+            if (o->pending.n == NGX_AHAVA_OUTBOX_PENDING) {
                 /* too many at once: the sweep sends them, oldest first */
-                o->backlog = 1;
-                o->npending = 0;
-                break;
+                ngx_ahava_outbox_drop(o);
+                return;
             }
 
-            o->pending[o->npending++] = id;
+            o->pending.ids[o->pending.n++] = id;
         }
 
         while (p < last && (*p < '0' || *p > '9')) {
@@ -333,20 +414,8 @@ ngx_ahava_outbox_relay(u_char *ids, size_t len)
         }
     }
 
-    if (o->backlog) {
-        /* the sweep sends them, after what waits already */
-        o->npending = 0;
-
-        if (ngx_ahava_redis_healthy(o->amcf->redis) != NGX_OK) {
-            ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
-                                  "ahava: redis unavailable: events and "
-                                  "jobs wait in PostgreSQL");
-        }
-
-        return;
-    }
-
-    if (!o->running && o->npending && !o->kick.posted) {
+    /* in backlog they wait for the sweep to catch up with them */
+    if (!o->running && o->pending.n && !o->backlog && !o->kick.posted) {
         /* after the request's own answer, from the event loop */
         ngx_post_event(&o->kick, &ngx_posted_events);
     }
@@ -361,7 +430,7 @@ ngx_ahava_outbox_kick_handler(ngx_event_t *ev)
     o = ev->data;
 
     if (!o->running && !o->exiting) {
-        ngx_ahava_outbox_start(o, 0);
+        ngx_ahava_outbox_start(o);
     }
 }
 
@@ -377,41 +446,49 @@ ngx_ahava_outbox_sweep_handler(ngx_event_t *ev)
         return;
     }
 
+    /* due even under load: the cycle running starts it when it ends */
+    o->sweep_due = 1;
+
     if (!o->running) {
-        ngx_ahava_outbox_start(o, 1);
+        ngx_ahava_outbox_start(o);
     }
 
     ngx_add_timer(&o->sweep, NGX_AHAVA_OUTBOX_SWEEP);
 }
 
 
-/* a cycle: read the rows (handed over, or the oldest), send, delete */
+/*
+ * A cycle: delete what was sent and read the next rows (the sweep's when
+ * due or in backlog, else those handed over), send them, and come back.
+ */
 
 static void
-ngx_ahava_outbox_start(ngx_ahava_outbox_t *o, ngx_uint_t sweep)
+ngx_ahava_outbox_start(ngx_ahava_outbox_t *o)
 {
-    u_char                *p;
-    ngx_uint_t             i, n;
+    ngx_uint_t             n, sweep, deletes_only;
     ngx_ahava_pg_query_t  *q;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, o->log, 0,
-                   "ahava: outbox cycle, %ui pending, backlog %d",
-                   o->npending, (int) o->backlog);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, o->log, 0,
+                   "ahava: outbox cycle, %ui pending, %ui sent, backlog %d",
+                   o->pending.n, o->sent.n, (int) o->backlog);
 
-    if (o->backlog) {
-        o->npending = 0;
-        sweep = 1;
+    if (o->linger.timer_set) {
+        ngx_del_timer(&o->linger);
     }
 
-    if (!sweep && o->npending == 0) {
+    sweep = o->backlog || o->sweep_due;
+
+    if (!sweep && o->pending.n == 0 && o->sent.n == 0) {
         return;
     }
+
+    deletes_only = 0;
 
     if (ngx_ahava_redis_healthy(o->amcf->redis) != NGX_OK
         || ngx_ahava_pg_healthy(o->amcf->pg) != NGX_OK)
     {
         /* the rows wait in PostgreSQL; the sweep tries again */
-        if (o->npending) {
+        if (o->pending.n) {
             ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
                                   "ahava: %s unavailable: events and jobs "
                                   "wait in PostgreSQL",
@@ -419,9 +496,15 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o, ngx_uint_t sweep)
                                   == NGX_OK ? "postgresql" : "redis");
         }
 
-        o->backlog = 1;
-        o->npending = 0;
-        return;
+        ngx_ahava_outbox_drop(o);
+
+        if (o->sent.n == 0 || ngx_ahava_pg_healthy(o->amcf->pg) != NGX_OK) {
+            return;
+        }
+
+        /* Redis is down: what it took is deleted all the same */
+        deletes_only = 1;
+        sweep = 0;
     }
 
     o->pool = ngx_create_pool(4096, o->log);
@@ -434,37 +517,43 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o, ngx_uint_t sweep)
         goto failed;
     }
 
-    q->nparams = 1;
+    q->nparams = 2;
     q->done = ngx_ahava_outbox_read;
     q->data = o;
     q->log = o->log;
 
+    /* what was sent goes now; if this fails, the rows stay and are
+     * skipped when read again */
+    q->values[1] = ngx_ahava_outbox_array(o->pool, o->sent.ids, o->sent.n);
+    if (q->values[1] == NULL) {
+        goto failed;
+    }
+
+    o->sent.n = 0;
+
     if (sweep) {
         q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_BACKLOG];
         q->values[0] = o->backlog ? "0" : NGX_AHAVA_OUTBOX_AGE;
+        o->sweep_due = 0;
+        o->lost = o->dropped;
+        o->dropped = 0;
+
+    } else if (deletes_only) {
+        q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_ROWS];
+        q->values[0] = "{}";
 
     } else {
-        n = ngx_min(o->npending, NGX_AHAVA_OUTBOX_BATCH);
+        n = ngx_min(o->pending.n, NGX_AHAVA_OUTBOX_BATCH);
 
-        p = ngx_pnalloc(o->pool, n * (NGX_INT64_LEN + 1) + 3);
-        if (p == NULL) {
+        q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_ROWS];
+        q->values[0] = ngx_ahava_outbox_array(o->pool, o->pending.ids, n);
+        if (q->values[0] == NULL) {
             goto failed;
         }
 
-        q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_ROWS];
-        q->values[0] = (char *) p;
-
-        *p++ = '{';
-
-        for (i = 0; i < n; i++) {
-            p = ngx_sprintf(p, i ? ",%L" : "%L", o->pending[i]);
-        }
-
-        *p++ = '}';
-        *p = '\0';
-
-        o->npending -= n;
-        ngx_memmove(o->pending, o->pending + n, o->npending * sizeof(int64_t));
+        o->pending.n -= n;
+        ngx_memmove(o->pending.ids, o->pending.ids + n,
+                    o->pending.n * sizeof(int64_t));
     }
 
     o->sweeping = sweep;
@@ -481,9 +570,52 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o, ngx_uint_t sweep)
 
 failed:
 
-    o->backlog = 1;
+    ngx_ahava_outbox_drop(o);
     ngx_destroy_pool(o->pool);
     o->pool = NULL;
+}
+
+
+/*
+ * Something failed, or too much was handed over: the ids handed over are
+ * forgotten (their rows wait in the outbox) and the sweep sends everything,
+ * oldest first, until it has read all that was there when it began.
+ */
+
+static void
+ngx_ahava_outbox_drop(ngx_ahava_outbox_t *o)
+{
+    o->backlog = 1;
+
+    if (o->pending.n) {
+        o->pending.n = 0;
+        o->dropped = 1;
+    }
+}
+
+
+static char *
+ngx_ahava_outbox_array(ngx_pool_t *pool, int64_t *ids, ngx_uint_t n)
+{
+    u_char      *p, *s;
+    ngx_uint_t   i;
+
+    s = ngx_pnalloc(pool, n * (NGX_INT64_LEN + 1) + 3);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    p = s;
+    *p++ = '{';
+
+    for (i = 0; i < n; i++) {
+        p = ngx_sprintf(p, i ? ",%L" : "%L", ids[i]);
+    }
+
+    *p++ = '}';
+    *p = '\0';
+
+    return (char *) s;
 }
 
 
@@ -495,8 +627,8 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
     size_t                    *lens;
     ngx_int_t                  rc;
     ngx_str_t                  frame;
+    ngx_uint_t                 i, k, n;
     ngx_time_t                *tp;
-    ngx_uint_t                 i, k;
     const char               **argv, *kind, *topic;
     PGresult                  *res;
     ngx_ahava_outbox_t        *o;
@@ -519,13 +651,29 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
     }
 
     if (ngx_current_msec - o->started > NGX_AHAVA_OUTBOX_STALE) {
-        /* what another relay read at the same time may be forgotten by
-         * the script by now: read again */
+        /* another relay may have sent these rows long enough ago for the
+         * script to have forgotten them: read again */
         ngx_ahava_outbox_finish(o, 0);
         return;
     }
 
     nrows = PQntuples(res);
+
+    if (nrows && !PQgetisnull(res, 0, NGX_AHAVA_OB_FLOOR)) {
+        ngx_cpystrn(o->floor,
+                    (u_char *) PQgetvalue(res, 0, NGX_AHAVA_OB_FLOOR),
+                    sizeof(o->floor));
+
+    } else if (o->sweeping) {
+        /* nothing left: every id may be forgotten once old enough */
+        ngx_cpystrn(o->floor, (u_char *) "9223372036854775807",
+                    sizeof(o->floor));
+    }
+
+    if (nrows == 1 && PQgetisnull(res, 0, NGX_AHAVA_OB_ID)) {
+        nrows = 0;                      /* the sweep's row of its floor */
+    }
+
     o->nrows = nrows;
 
     if (nrows == 0) {
@@ -533,41 +681,44 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
         return;
     }
 
-    /* EVAL, the script, no keys, now, the rows */
-    k = 4 + nrows * NGX_AHAVA_OB_ARGS;
+    k = NGX_AHAVA_OB_HEAD + nrows * NGX_AHAVA_OB_ARGS;
 
     argv = ngx_palloc(o->pool, k * sizeof(char *));
     lens = ngx_palloc(o->pool, k * sizeof(size_t));
-    p = ngx_pnalloc(o->pool, nrows * (NGX_INT64_LEN + 1) + 3 + NGX_INT64_LEN);
-    if (argv == NULL || lens == NULL || p == NULL) {
+    o->batch = ngx_palloc(o->pool, nrows * sizeof(int64_t));
+    p = ngx_pnalloc(o->pool, NGX_INT64_LEN);
+    if (argv == NULL || lens == NULL || o->batch == NULL || p == NULL) {
         goto failed;
     }
+
+    tp = ngx_timeofday();
 
     argv[0] = "EVAL";
     argv[1] = ngx_ahava_outbox_script;
     argv[2] = "0";
     argv[3] = (char *) p;
-    tp = ngx_timeofday();
-    p = ngx_sprintf(p, "%L", (int64_t) tp->sec * 1000 + tp->msec);
+    argv[4] = (char *) o->floor;
     lens[0] = 4;
     lens[1] = sizeof(ngx_ahava_outbox_script) - 1;
     lens[2] = 1;
-    lens[3] = p - (u_char *) argv[3];
+    lens[3] = ngx_sprintf(p, "%L", (int64_t) tp->sec * 1000 + tp->msec) - p;
+    lens[4] = ngx_strlen(argv[4]);
 
-    /* the ids of the batch, for the DELETE */
-    o->ids = (char *) p;
-    *p++ = '{';
-
-    i = 4;
+    i = NGX_AHAVA_OB_HEAD;
+    n = 0;
 
     for (row = 0; row < nrows; row++) {
         kind = PQgetvalue(res, row, NGX_AHAVA_OB_KIND);
         topic = PQgetvalue(res, row, NGX_AHAVA_OB_TOPIC);
 
-        p = ngx_cpymem(p, PQgetvalue(res, row, NGX_AHAVA_OB_ID),
-                       PQgetlength(res, row, NGX_AHAVA_OB_ID));
-        *p++ = (row == nrows - 1) ? '}' : ',';
+        /* deleted once sent, whatever becomes of it */
+        o->batch[n++] = ngx_atoof((u_char *) PQgetvalue(res, row,
+                                                        NGX_AHAVA_OB_ID),
+                                  PQgetlength(res, row, NGX_AHAVA_OB_ID));
+        o->last = o->batch[n - 1];
 
+        argv[i] = kind[0] == 'e' ? "e" : "j";
+        lens[i] = 1;
         argv[i + 1] = PQgetvalue(res, row, NGX_AHAVA_OB_ID);
         lens[i + 1] = PQgetlength(res, row, NGX_AHAVA_OB_ID);
 
@@ -576,58 +727,57 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
                 goto failed;
             }
 
-            argv[i] = "e";
             argv[i + 2] = PQgetvalue(res, row, NGX_AHAVA_OB_RECIPIENTS);
             lens[i + 2] = PQgetlength(res, row, NGX_AHAVA_OB_RECIPIENTS);
             argv[i + 3] = "";
+            lens[i + 3] = 0;
             argv[i + 4] = (char *) frame.data;
             lens[i + 4] = frame.len;
             argv[i + 5] = "";
-            argv[i + 6] = "0";
-
-        } else {
-            for (queue = ngx_ahava_outbox_queues; queue->queue; queue++) {
-                if (ngx_strcmp(queue->queue, topic) == 0) {
-                    break;
-                }
-            }
-
-            if (queue->queue == NULL) {
-                ngx_log_error(NGX_LOG_ALERT, o->log, 0,
-                              "ahava: outbox row %s names no queue \"%s\"",
-                              argv[i + 1], topic);
-                goto failed;
-            }
-
-            argv[i] = "j";
-            argv[i + 2] = queue->queue;
-            lens[i + 2] = ngx_strlen(queue->queue);
-            argv[i + 3] = queue->name;
-            argv[i + 4] = PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD);
-            lens[i + 4] = PQgetlength(res, row, NGX_AHAVA_OB_PAYLOAD);
-            argv[i + 5] = queue->opts;
-            argv[i + 6] = queue->priority;
-            lens[i + 5] = ngx_strlen(queue->opts);
-        }
-
-        lens[i] = 1;
-        lens[i + 3] = ngx_strlen(argv[i + 3]);
-        lens[i + 6] = ngx_strlen(argv[i + 6]);
-        if (kind[0] == 'e') {
             lens[i + 5] = 0;
+            argv[i + 6] = "0";
+            lens[i + 6] = 1;
+
+            i += NGX_AHAVA_OB_ARGS;
+            continue;
         }
+
+        for (queue = ngx_ahava_outbox_queues; queue->queue; queue++) {
+            if (ngx_strcmp(queue->queue, topic) == 0) {
+                break;
+            }
+        }
+
+        if (queue->queue == NULL) {
+            /* it can never be sent: said, and deleted with the batch,
+             * rather than stopping every row after it */
+            ngx_log_error(NGX_LOG_ALERT, o->log, 0,
+                          "ahava: outbox row %s names no queue \"%s\" and "
+                          "is dropped: %s", argv[i + 1], topic,
+                          PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD));
+            continue;
+        }
+
+        argv[i + 2] = queue->queue;
+        lens[i + 2] = ngx_strlen(queue->queue);
+        argv[i + 3] = queue->name;
+        lens[i + 3] = ngx_strlen(queue->name);
+        argv[i + 4] = PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD);
+        lens[i + 4] = PQgetlength(res, row, NGX_AHAVA_OB_PAYLOAD);
+        argv[i + 5] = queue->opts;
+        lens[i + 5] = ngx_strlen(queue->opts);
+        argv[i + 6] = queue->priority;
+        lens[i + 6] = ngx_strlen(queue->priority);
 
         i += NGX_AHAVA_OB_ARGS;
     }
-
-    *p = '\0';
 
     rc = ngx_ahava_redis_command_argv(o->amcf->redis, ngx_ahava_outbox_sent,
                                       o, (int) i, argv, lens);
     if (rc != NGX_OK) {
         ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
-                              "ahava: outbox not relayed: redis unavailable "
-                              "(%i); events and jobs wait in PostgreSQL", rc);
+                              "ahava: outbox not relayed: redis unavailable; "
+                              "events and jobs wait in PostgreSQL");
         ngx_ahava_outbox_finish(o, 0);
     }
 
@@ -728,9 +878,9 @@ ngx_ahava_outbox_frame(ngx_ahava_outbox_t *o, PGresult *res, int row,
 static void
 ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
 {
-    redisReply            *rr;
-    ngx_ahava_outbox_t    *o;
-    ngx_ahava_pg_query_t  *q;
+    redisReply          *rr;
+    ngx_uint_t           n;
+    ngx_ahava_outbox_t  *o;
 
     o = data;
     rr = reply;
@@ -752,56 +902,24 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
                    "ahava: outbox relayed %ui rows, %L new", o->nrows,
                    (int64_t) rr->integer);
 
-    q = ngx_pcalloc(o->pool, sizeof(ngx_ahava_pg_query_t));
-    if (q == NULL) {
-        ngx_ahava_outbox_finish(o, 0);
-        return;
-    }
-
-    q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_DELETE];
-    q->nparams = 1;
-    q->values[0] = o->ids;
-    q->done = ngx_ahava_outbox_deleted;
-    q->data = o;
-    q->log = o->log;
-
-    if (ngx_ahava_pg_send(o->amcf->pg, q) != NGX_OK) {
-        /* sent, still there: the sweep finds them, the script skips them */
-        ngx_ahava_outbox_finish(o, 0);
-        return;
-    }
-
-    o->query = q;
-}
-
-
-static void
-ngx_ahava_outbox_deleted(ngx_ahava_pg_query_t *q)
-{
-    ngx_ahava_outbox_t  *o;
-
-    o = q->data;
-    o->query = NULL;
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, o->log, 0,
-                   "ahava: outbox deleted, rc %i", q->rc);
-
-    if (q->rc != NGX_OK) {
-        ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
-                              "ahava: relayed outbox rows not deleted (%s): "
-                              "they will be skipped when seen again",
-                              q->sqlstate ? q->sqlstate : "unavailable");
-        ngx_ahava_outbox_finish(o, 0);
-        return;
-    }
+    /* deleted by the next cycle's statement; beyond the bound, they stay
+     * until read again (and skipped) */
+    n = ngx_min(o->nrows, NGX_AHAVA_OUTBOX_PENDING - o->sent.n);
+    ngx_memcpy(o->sent.ids + o->sent.n, o->batch, n * sizeof(int64_t));
+    o->sent.n += n;
 
     ngx_ahava_outbox_finish(o, 1);
 }
 
 
 /*
- * The end of a cycle.  A full batch read by age means more waits: go on.
- * A failure sends everything through the sweep, oldest first.
+ * The end of a cycle.  A sweep that read a full batch of old rows means
+ * the relay fell behind: the backlog.  The backlog ends once a sweep read
+ * all that was there when it began (fewer than a batch), or, when no id
+ * handed over was lost, once it reached the oldest one handed over — those
+ * go on from there, in order (what the sweep sent of them is skipped).  A
+ * failure sends everything through the sweep.  What was sent is deleted
+ * with the next read, or alone after a moment.
  */
 
 static void
@@ -809,19 +927,34 @@ ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok)
 {
     ngx_uint_t  more;
 
-    more = ok && o->sweeping && o->nrows == NGX_AHAVA_OUTBOX_BATCH;
+    more = 0;
 
     if (!ok) {
-        o->backlog = 1;
-        o->npending = 0;
+        ngx_ahava_outbox_drop(o);
 
-    } else if (o->sweeping && !more) {
-        o->backlog = 0;
+    } else if (o->sweeping && o->backlog) {
+        if (o->nrows < NGX_AHAVA_OUTBOX_BATCH) {
+            o->backlog = o->dropped;
+            more = o->dropped;
+
+        } else if (!o->lost && !o->dropped && o->pending.n
+                   && o->last >= o->pending.ids[0])
+        {
+            o->backlog = 0;
+
+        } else {
+            more = 1;
+        }
+
+    } else if (o->sweeping && o->nrows == NGX_AHAVA_OUTBOX_BATCH) {
+        o->backlog = 1;
+        more = 1;
     }
 
     o->running = 0;
     o->query = NULL;
     o->nrows = 0;
+    o->batch = NULL;
 
     if (o->pool) {
         ngx_destroy_pool(o->pool);
@@ -832,11 +965,12 @@ ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok)
         return;
     }
 
-    if ((more || o->npending) && !o->kick.posted) {
-        if (more) {
-            o->backlog = 1;
+    if (more || (o->pending.n && !o->backlog) || o->sweep_due) {
+        if (!o->kick.posted) {
+            ngx_post_event(&o->kick, &ngx_posted_events);
         }
 
-        ngx_post_event(&o->kick, &ngx_posted_events);
+    } else if (o->sent.n && !o->linger.timer_set) {
+        ngx_add_timer(&o->linger, NGX_AHAVA_OUTBOX_LINGER);
     }
 }

@@ -1752,9 +1752,16 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
     /* its last ids stay: an event of one of them may still come, late */
     if (s->replayed) {
         ngx_free(s->replayed);
+        s->replayed = NULL;
     }
 
-    s->replayed = s->replay;
+    if (((ngx_ahava_ws_replay_t *) s->replay)->nsent) {
+        s->replayed = s->replay;
+
+    } else {
+        ngx_free(s->replay);
+    }
+
     s->replay = NULL;
 
     /* the live events that came meanwhile, in their order */

@@ -22,15 +22,24 @@ CREATE TABLE IF NOT EXISTS "ahava_outbox" (
 );
 
 
+-- The helpers are PL/pgSQL, not SQL functions: PL/pgSQL keeps each
+-- statement's plan for the session, a SQL function that is not inlined
+-- plans its body again on every call.
+
 -- How a push or an email names a person: "Nurse Dlamini", "Dr Naidoo"
 CREATE OR REPLACE FUNCTION "ahava_person_title"(p_user TEXT) RETURNS TEXT
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t  TEXT;
+BEGIN
     SELECT CASE u.role
                WHEN 'NURSE' THEN 'Nurse ' || u."lastName"
                WHEN 'DOCTOR' THEN 'Dr ' || u."lastName"
                WHEN 'ADMIN' THEN 'Ahava support'
                ELSE u."firstName" || ' ' || u."lastName" END
-    FROM users u WHERE u.id = p_user
+    INTO t FROM users u WHERE u.id = p_user;
+    RETURN t;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION "ahava_html"(p TEXT) RETURNS TEXT
@@ -39,22 +48,37 @@ LANGUAGE sql IMMUTABLE AS $$
                            '>', '&gt;'), '"', '&quot;')
 $$;
 
+-- A sentence from a phrase: its first letter a capital, the rest as is
+CREATE OR REPLACE FUNCTION "ahava_sentence"(p TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT upper(left(p, 1)) || substr(p, 2)
+$$;
+
 
 -- A push-notification job (SPEC §9: {userId, title, body, data?})
 CREATE OR REPLACE FUNCTION "ahava_outbox_push"(p_user TEXT, p_title TEXT,
     p_body TEXT, p_data JSONB) RETURNS BIGINT
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    id  BIGINT;
+BEGIN
     INSERT INTO "ahava_outbox" ("kind", "topic", "payload")
     VALUES ('job', 'push-notification',
             json_build_object('userId', p_user, 'title', p_title,
                               'body', p_body, 'data', p_data)::text)
-    RETURNING "id"
+    RETURNING "ahava_outbox"."id" INTO id;
+    RETURN id;
+END
 $$;
 
--- An email job (SPEC §9: {to, subject, html, text}) to a user's address
+-- An email job (SPEC §9: {to, subject, html, text}) to a user's address;
+-- NULL for a user that is gone
 CREATE OR REPLACE FUNCTION "ahava_outbox_email"(p_user TEXT, p_subject TEXT,
     p_text TEXT) RETURNS BIGINT
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    id  BIGINT;
+BEGIN
     INSERT INTO "ahava_outbox" ("kind", "topic", "payload")
     SELECT 'job', 'email',
            json_build_object('to', u.email, 'subject', p_subject,
@@ -65,7 +89,9 @@ LANGUAGE sql AS $$
                'text', 'Dear ' || u."firstName" || E',\n\n' || p_text
                        || E'\n\n— Ahava home nursing\n')::text
     FROM users u WHERE u.id = p_user
-    RETURNING "id"
+    RETURNING "ahava_outbox"."id" INTO id;
+    RETURN id;
+END
 $$;
 
 
@@ -105,10 +131,10 @@ BEGIN
     title := 'Visit update';
     body := CASE p_event
         WHEN 'VISIT_STATUS_UPDATED' THEN
-            initcap(visit) || ' is now '
+            ahava_sentence(visit) || ' is now '
             || replace(lower(p_status), '_', ' ') || '.'
         WHEN 'VISIT_CANCELLED' THEN
-            initcap(visit) || ' was cancelled by ' || who || '.'
+            ahava_sentence(visit) || ' was cancelled by ' || who || '.'
         WHEN 'NURSE_ASSIGNED' THEN
             ahava_person_title(p_nurse) || ' was assigned to ' || visit || '.'
         WHEN 'DOCTOR_ASSIGNED' THEN
@@ -131,7 +157,7 @@ BEGIN
     IF p_event = 'VISIT_CANCELLED' THEN
         SELECT ids || coalesce(array_agg(ahava_outbox_email(u,
                    'Your Ahava visit was cancelled',
-                   initcap(visit) || ' was cancelled by ' || who || '.')
+                   ahava_sentence(visit) || ' was cancelled by ' || who || '.')
                    ORDER BY k), '{}')
         INTO ids FROM unnest(ARRAY[p_patient, p_nurse]) WITH ORDINALITY x(u, k)
         WHERE u IS NOT NULL AND u <> p_actor;
