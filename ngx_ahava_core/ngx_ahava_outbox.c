@@ -49,19 +49,21 @@
 /* the columns of a row read back */
 enum {
     NGX_AHAVA_OB_ID = 0,
-    NGX_AHAVA_OB_KIND,
-    NGX_AHAVA_OB_TOPIC,
+    NGX_AHAVA_OB_TOPIC,                         /* NULL: no event */
     NGX_AHAVA_OB_RECIPIENTS,
     NGX_AHAVA_OB_PAYLOAD,
     NGX_AHAVA_OB_SECRET,
     NGX_AHAVA_OB_TIME,
+    NGX_AHAVA_OB_JOBS,                          /* NULL: no job */
     NGX_AHAVA_OB_FLOOR                          /* the lowest id left */
 };
 
-/* the script's arguments: EVAL, the script, no keys, now, the floor, then
- * per row */
+/* the script's arguments: EVAL, the script, no keys, now, the floor; per
+ * row its id and how many items, then per item (its event, its jobs) */
 #define NGX_AHAVA_OB_HEAD         5
-#define NGX_AHAVA_OB_ARGS         7
+#define NGX_AHAVA_OB_ROW          2
+#define NGX_AHAVA_OB_ITEM         6
+#define NGX_AHAVA_OB_MAX_JOBS     16            /* per row */
 
 
 /* SPEC §9: the queues, their job names, priorities and retention */
@@ -88,14 +90,15 @@ static ngx_ahava_outbox_queue_t  ngx_ahava_outbox_queues[] = {
 
 /*
  * One batch.  ARGV: now (ms), the lowest id still in the outbox, then per
- * row: kind (e|j), outbox id, recipients (e: ids joined by ",") or queue
- * (j), job name, payload (e: the frame; j: the job's data), job opts,
- * priority.  A job is added as BullMQ 6.7's addPrioritizedJob does with a
- * custom id (BULLMQ-LAYOUT.md §4, §2.2): INCR id, "duplicated" if the id
- * exists, else the hash, "added", a score from pc, the marker unless
- * paused or maxed, "waiting".  A row is recorded once its commands ran: a
- * script that fails midway leaves the rest to be sent again.  Returns how
- * many rows were new.
+ * row: its id, how many items, and per item: kind (e|j), recipients (e:
+ * ids joined by ",") or queue (j), job name, payload (e: the frame; j: the
+ * job's data), job opts, priority.  The k-th job of row n is BullMQ job
+ * "ahava-n-k", added as BullMQ 6.7's addPrioritizedJob does with a custom
+ * id (BULLMQ-LAYOUT.md §4, §2.2): INCR id, "duplicated" if the id exists,
+ * else the hash, "added", a score from pc, the marker unless paused or
+ * maxed, "waiting".  A row is recorded once all its items ran: a script
+ * that fails midway leaves the rest to be sent again.  Returns how many
+ * rows were new.
  */
 static const char  ngx_ahava_outbox_script[] =
     "local now, floor = ARGV[1], tonumber(ARGV[2])\n"
@@ -107,19 +110,24 @@ static const char  ngx_ahava_outbox_script[] =
     "for _, id in ipairs(old) do\n"
     "  if tonumber(id) < floor then redis.call('ZREM', seen, id) end\n"
     "end\n"
-    "local new = 0\n"
-    "for i = 3, #ARGV, 7 do\n"
-    "  local kind, id, target, name, payload, opts, prio ="
-    " ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5],"
-    " ARGV[i+6]\n"
-    "  if not redis.call('ZSCORE', seen, id) then\n"
-    "    if kind == 'e' then\n"
+    "local new, i = 0, 3\n"
+    "while i <= #ARGV do\n"
+    "  local id, n = ARGV[i], tonumber(ARGV[i+1])\n"
+    "  local fresh = not redis.call('ZSCORE', seen, id)\n"
+    "  local j = 0\n"
+    "  i = i + 2\n"
+    "  for k = 0, n - 1 do\n"
+    "    local kind, target, name, payload, opts, prio ="
+    " ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]\n"
+    "    i = i + 6\n"
+    "    if fresh and kind == 'e' then\n"
     "      for user in string.gmatch(target, '[^,]+') do\n"
     "        redis.call('PUBLISH', 'ahava:user:' .. user, payload)\n"
     "      end\n"
-    "    else\n"
+    "    elseif fresh then\n"
     "      local P = 'bull:' .. target .. ':'\n"
-    "      local job = 'ahava-' .. id\n"
+    "      local job = 'ahava-' .. id .. '-' .. j\n"
+    "      j = j + 1\n"
     "      redis.call('INCR', P .. 'id')\n"
     "      local max = redis.call('HGET', P .. 'meta', 'opts.maxLenEvents')\n"
     "      if not max then\n"
@@ -148,6 +156,8 @@ static const char  ngx_ahava_outbox_script[] =
     " 'event', 'waiting', 'jobId', job)\n"
     "      end\n"
     "    end\n"
+    "  end\n"
+    "  if fresh then\n"
     "    redis.call('ZADD', seen, clock, id)\n"
     "    new = new + 1\n"
     "  end\n"
@@ -165,8 +175,8 @@ static const char  ngx_ahava_outbox_script[] =
  * which min() walks through.
  */
 #define NGX_AHAVA_OUTBOX_COLUMNS                                             \
-    "o.id, o.kind, o.topic, array_to_string(o.recipients, ','), o.payload,"  \
-    " o.secret, " NGX_AHAVA_TS("o.\"createdAt\"")
+    "o.id, o.topic, array_to_string(o.recipients, ','), o.payload,"        \
+    " o.secret, " NGX_AHAVA_TS("o.\"createdAt\"") ", o.jobs"
 
 #define NGX_AHAVA_OUTBOX_GONE                                                \
     "WITH gone AS (DELETE FROM ahava_outbox WHERE id = ANY($2::bigint[]))"
@@ -246,6 +256,8 @@ static void ngx_ahava_outbox_drop(ngx_ahava_outbox_t *o);
 static char *ngx_ahava_outbox_array(ngx_pool_t *pool, int64_t *ids,
     ngx_uint_t n);
 static void ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q);
+static ngx_uint_t ngx_ahava_outbox_items(ngx_ahava_outbox_t *o,
+    PGresult *res, int row, const char **argv, size_t *lens);
 static void ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply,
     void *data);
 static void ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok);
@@ -622,17 +634,15 @@ ngx_ahava_outbox_array(ngx_pool_t *pool, int64_t *ids, ngx_uint_t n)
 static void
 ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
 {
-    int                        row, nrows;
-    u_char                    *p;
-    size_t                    *lens;
-    ngx_int_t                  rc;
-    ngx_str_t                  frame;
-    ngx_uint_t                 i, k, n;
-    ngx_time_t                *tp;
-    const char               **argv, *kind, *topic;
-    PGresult                  *res;
-    ngx_ahava_outbox_t        *o;
-    ngx_ahava_outbox_queue_t  *queue;
+    int                   row, nrows;
+    u_char               *p;
+    size_t               *lens;
+    ngx_int_t             rc;
+    ngx_uint_t            i, k, n;
+    ngx_time_t           *tp;
+    const char          **argv;
+    PGresult             *res;
+    ngx_ahava_outbox_t   *o;
 
     o = q->data;
     o->query = NULL;
@@ -681,7 +691,10 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
         return;
     }
 
-    k = NGX_AHAVA_OB_HEAD + nrows * NGX_AHAVA_OB_ARGS;
+    /* at most an event and NGX_AHAVA_OB_MAX_JOBS jobs per row */
+    k = NGX_AHAVA_OB_HEAD
+        + nrows * (NGX_AHAVA_OB_ROW
+                   + (1 + NGX_AHAVA_OB_MAX_JOBS) * NGX_AHAVA_OB_ITEM);
 
     argv = ngx_palloc(o->pool, k * sizeof(char *));
     lens = ngx_palloc(o->pool, k * sizeof(size_t));
@@ -702,74 +715,36 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
     lens[1] = sizeof(ngx_ahava_outbox_script) - 1;
     lens[2] = 1;
     lens[3] = ngx_sprintf(p, "%L", (int64_t) tp->sec * 1000 + tp->msec) - p;
-    lens[4] = ngx_strlen(argv[4]);
+    lens[4] = ngx_strlen(o->floor);
 
     i = NGX_AHAVA_OB_HEAD;
-    n = 0;
 
     for (row = 0; row < nrows; row++) {
-        kind = PQgetvalue(res, row, NGX_AHAVA_OB_KIND);
-        topic = PQgetvalue(res, row, NGX_AHAVA_OB_TOPIC);
 
         /* deleted once sent, whatever becomes of it */
-        o->batch[n++] = ngx_atoof((u_char *) PQgetvalue(res, row,
+        o->batch[row] = ngx_atoof((u_char *) PQgetvalue(res, row,
                                                         NGX_AHAVA_OB_ID),
                                   PQgetlength(res, row, NGX_AHAVA_OB_ID));
-        o->last = o->batch[n - 1];
+        o->last = o->batch[row];
 
-        argv[i] = kind[0] == 'e' ? "e" : "j";
-        lens[i] = 1;
-        argv[i + 1] = PQgetvalue(res, row, NGX_AHAVA_OB_ID);
-        lens[i + 1] = PQgetlength(res, row, NGX_AHAVA_OB_ID);
+        argv[i] = PQgetvalue(res, row, NGX_AHAVA_OB_ID);
+        lens[i] = PQgetlength(res, row, NGX_AHAVA_OB_ID);
 
-        if (kind[0] == 'e') {
-            if (ngx_ahava_outbox_frame(o, res, row, &frame) != NGX_OK) {
-                goto failed;
-            }
-
-            argv[i + 2] = PQgetvalue(res, row, NGX_AHAVA_OB_RECIPIENTS);
-            lens[i + 2] = PQgetlength(res, row, NGX_AHAVA_OB_RECIPIENTS);
-            argv[i + 3] = "";
-            lens[i + 3] = 0;
-            argv[i + 4] = (char *) frame.data;
-            lens[i + 4] = frame.len;
-            argv[i + 5] = "";
-            lens[i + 5] = 0;
-            argv[i + 6] = "0";
-            lens[i + 6] = 1;
-
-            i += NGX_AHAVA_OB_ARGS;
-            continue;
+        n = ngx_ahava_outbox_items(o, res, row, &argv[i + NGX_AHAVA_OB_ROW],
+                                   &lens[i + NGX_AHAVA_OB_ROW]);
+        if (n == (ngx_uint_t) NGX_ERROR) {
+            goto failed;
         }
 
-        for (queue = ngx_ahava_outbox_queues; queue->queue; queue++) {
-            if (ngx_strcmp(queue->queue, topic) == 0) {
-                break;
-            }
+        p = ngx_pnalloc(o->pool, NGX_INT_T_LEN);
+        if (p == NULL) {
+            goto failed;
         }
 
-        if (queue->queue == NULL) {
-            /* it can never be sent: said, and deleted with the batch,
-             * rather than stopping every row after it */
-            ngx_log_error(NGX_LOG_ALERT, o->log, 0,
-                          "ahava: outbox row %s names no queue \"%s\" and "
-                          "is dropped: %s", argv[i + 1], topic,
-                          PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD));
-            continue;
-        }
+        argv[i + 1] = (char *) p;
+        lens[i + 1] = ngx_sprintf(p, "%ui", n) - p;
 
-        argv[i + 2] = queue->queue;
-        lens[i + 2] = ngx_strlen(queue->queue);
-        argv[i + 3] = queue->name;
-        lens[i + 3] = ngx_strlen(queue->name);
-        argv[i + 4] = PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD);
-        lens[i + 4] = PQgetlength(res, row, NGX_AHAVA_OB_PAYLOAD);
-        argv[i + 5] = queue->opts;
-        lens[i + 5] = ngx_strlen(queue->opts);
-        argv[i + 6] = queue->priority;
-        lens[i + 6] = ngx_strlen(queue->priority);
-
-        i += NGX_AHAVA_OB_ARGS;
+        i += NGX_AHAVA_OB_ROW + n * NGX_AHAVA_OB_ITEM;
     }
 
     rc = ngx_ahava_redis_command_argv(o->amcf->redis, ngx_ahava_outbox_sent,
@@ -786,6 +761,133 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
 failed:
 
     ngx_ahava_outbox_finish(o, 0);
+}
+
+
+/*
+ * A row's items, as the script takes them: its event's frame, then each
+ * job [queue, data] with its queue's name, options and priority.  A job
+ * that can never be sent (no such queue, not JSON) is said and left out,
+ * rather than stopping every row after it.  Returns how many, or
+ * NGX_ERROR (out of memory).
+ */
+
+static ngx_uint_t
+ngx_ahava_outbox_items(ngx_ahava_outbox_t *o, PGresult *res, int row,
+    const char **argv, size_t *lens)
+{
+    char                      *text;
+    size_t                     k, njobs;
+    json_t                    *jobs, *job, *data;
+    ngx_str_t                  frame;
+    ngx_uint_t                 n;
+    const char                *queue_name;
+    ngx_ahava_outbox_queue_t  *queue;
+
+    n = 0;
+
+    if (!PQgetisnull(res, row, NGX_AHAVA_OB_TOPIC)) {
+        if (ngx_ahava_outbox_frame(o, res, row, &frame) != NGX_OK) {
+            return (ngx_uint_t) NGX_ERROR;
+        }
+
+        argv[0] = "e";
+        lens[0] = 1;
+        argv[1] = PQgetvalue(res, row, NGX_AHAVA_OB_RECIPIENTS);
+        lens[1] = PQgetlength(res, row, NGX_AHAVA_OB_RECIPIENTS);
+        argv[2] = "";
+        lens[2] = 0;
+        argv[3] = (char *) frame.data;
+        lens[3] = frame.len;
+        argv[4] = "";
+        lens[4] = 0;
+        argv[5] = "0";
+        lens[5] = 1;
+
+        n++;
+    }
+
+    if (PQgetisnull(res, row, NGX_AHAVA_OB_JOBS)) {
+        return n;
+    }
+
+    jobs = json_loadb(PQgetvalue(res, row, NGX_AHAVA_OB_JOBS),
+                      PQgetlength(res, row, NGX_AHAVA_OB_JOBS), 0, NULL);
+
+    njobs = json_is_array(jobs) ? json_array_size(jobs) : 0;
+
+    if (njobs > NGX_AHAVA_OB_MAX_JOBS) {
+        ngx_log_error(NGX_LOG_ALERT, o->log, 0,
+                      "ahava: outbox row %s has %uz jobs, only the first "
+                      "%d are sent", PQgetvalue(res, row, NGX_AHAVA_OB_ID),
+                      njobs, NGX_AHAVA_OB_MAX_JOBS);
+        njobs = NGX_AHAVA_OB_MAX_JOBS;
+    }
+
+    for (k = 0; k < njobs; k++) {
+        job = json_array_get(jobs, k);
+        queue_name = json_string_value(json_array_get(job, 0));
+        data = json_array_get(job, 1);
+
+        for (queue = ngx_ahava_outbox_queues; queue->queue; queue++) {
+            if (queue_name && ngx_strcmp(queue->queue, queue_name) == 0) {
+                break;
+            }
+        }
+
+        if (queue->queue == NULL || !json_is_object(data)) {
+            ngx_log_error(NGX_LOG_ALERT, o->log, 0,
+                          "ahava: outbox row %s: job %uz is not a job of a "
+                          "known queue and is dropped",
+                          PQgetvalue(res, row, NGX_AHAVA_OB_ID), k);
+            continue;
+        }
+
+        text = json_dumps(data, JSON_COMPACT);
+        if (text == NULL) {
+            json_decref(jobs);
+            return (ngx_uint_t) NGX_ERROR;
+        }
+
+        argv += (n ? NGX_AHAVA_OB_ITEM : 0);
+        lens += (n ? NGX_AHAVA_OB_ITEM : 0);
+
+        argv[0] = "j";
+        lens[0] = 1;
+        argv[1] = queue->queue;
+        lens[1] = ngx_strlen(queue->queue);
+        argv[2] = queue->name;
+        lens[2] = ngx_strlen(queue->name);
+        argv[4] = queue->opts;
+        lens[4] = ngx_strlen(queue->opts);
+        argv[5] = queue->priority;
+        lens[5] = ngx_strlen(queue->priority);
+
+        /* the job's data lives as long as the cycle */
+        lens[3] = ngx_strlen(text);
+        argv[3] = ngx_pnalloc(o->pool, lens[3]);
+
+        if (argv[3] == NULL) {
+            free(text);
+            json_decref(jobs);
+            return (ngx_uint_t) NGX_ERROR;
+        }
+
+        ngx_memcpy((char *) argv[3], text, lens[3]);
+        free(text);
+
+        n++;
+    }
+
+    if (jobs == NULL && !PQgetisnull(res, row, NGX_AHAVA_OB_JOBS)) {
+        ngx_log_error(NGX_LOG_ALERT, o->log, 0,
+                      "ahava: outbox row %s: jobs are not JSON and are "
+                      "dropped", PQgetvalue(res, row, NGX_AHAVA_OB_ID));
+    }
+
+    json_decref(jobs);
+
+    return n;
 }
 
 

@@ -221,8 +221,8 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
       " \"updatedAt\" = LOCALTIMESTAMP(3)"
       " WHERE id = ANY($2::text[]) AND \"recipientId\" = $1"
       " AND NOT \"isRead\" RETURNING id, \"senderId\", \"visitId\"),"
-      " ob AS (INSERT INTO ahava_outbox (kind, topic, recipients, payload)"
-      " SELECT 'event', 'MESSAGES_READ', ARRAY[\"senderId\"],"
+      " ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"
+      " SELECT 'MESSAGES_READ', ARRAY[\"senderId\"],"
       " json_build_object('visitId', \"visitId\", 'messageIds',"
       " json_agg(id ORDER BY id), 'readBy', $1::text)::text FROM upd"
       " GROUP BY \"senderId\", \"visitId\" RETURNING id)"
@@ -247,8 +247,8 @@ static ngx_ahava_stmt_t  ngx_ahava_messages_stmts[] = {
                              "del.id", "del",
                              "jsonb_build_object('visitId', del.\"visitId\","
                              " 'recipientId', del.\"recipientId\")")
-      ", ob AS (INSERT INTO ahava_outbox (kind, topic, recipients, payload)"
-      " SELECT 'event', 'MESSAGE_DELETED', ARRAY[\"recipientId\"],"
+      ", ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"
+      " SELECT 'MESSAGE_DELETED', ARRAY[\"recipientId\"],"
       " json_build_object('messageId', id, 'visitId', \"visitId\")::text"
       " FROM del RETURNING id)"
       " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM del),"

@@ -51,9 +51,10 @@ static ngx_ahava_stmt_t  ngx_ahava_export_stmts[] = {
       " SELECT $4, $2, $3::text::\"UserRole\", 'visit_report',"
       " jsonb_build_object('visitId', vis.id), 'PENDING', LOCALTIMESTAMP(3)"
       " FROM vis RETURNING *),"
-      " ob AS (INSERT INTO ahava_outbox (kind, topic, payload)"
-      " SELECT 'job', 'pdf-export', json_build_object('exportJobId', id,"
-      " 'userId', \"userId\", 'type', type, 'filters', filters)::text"
+      " ob AS (INSERT INTO ahava_outbox (jobs)"
+      " SELECT json_build_array(json_build_array('pdf-export',"
+      " json_build_object('exportJobId', id, 'userId', \"userId\","
+      " 'type', type, 'filters', filters)))::text"
       " FROM ins RETURNING id)"
       " SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id) FROM ob)::text",
       4, 0, "" },

@@ -73,7 +73,7 @@ my $msg = data_of($r) || {};
                             removeOnComplete => 100, removeOnFail => 10 },
               '... opts: 3 attempts, exponential backoff from 2000 ms, priority 5, keep 100/10');
     is($j->{state}, 'prioritized', '... waiting to be processed (prioritized)');
-    like($j->{id}, qr/^ahava-\d+$/, '... its BullMQ id names its outbox row');
+    like($j->{id}, qr/^ahava-\d+-0$/, '... its BullMQ id names its outbox row (ahava-<row>-<job>)');
     ok(abs($j->{timestamp} / 1000 - time) < 60, '... timestamp in epoch ms');
 }
 
@@ -95,7 +95,7 @@ sub redis_dump {
 }
 {
     my $dump = redis_dump();
-    like($dump, qr/bull:push-notification:ahava-\d+/, 'Redis holds the push job');
+    like($dump, qr/bull:push-notification:ahava-\d+-0/, 'Redis holds the push job');
     unlike($dump, qr/\Q$MARKER\E/, 'no key, hash, list or stream in Redis holds the message text');
 }
 
@@ -227,21 +227,20 @@ for my $c (@cases) {
     my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
     my ($res, $jobs) = jobs_of(sub { send_message('nurse1', $ID{visit1}, 'patient1', 'once only') });
     my ($push) = @{ $jobs->{'push-notification'} };
-    my ($row) = $push->{id} =~ /^ahava-(\d+)$/;
+    my ($row) = $push->{id} =~ /^ahava-(\d+)-0$/;
     my @ev = $sub->wait_for(5, sub { @_ >= 2 });
     is(scalar @ev, 2, 'NEW_MESSAGE published to the recipient and the sender');
     $sub->take;
-    # as if the relay had died between Redis and its DELETE: the rows are back
-    my $ev_row = $row - 1;
-    psql(qq{INSERT INTO ahava_outbox (id, kind, topic, recipients, payload, "createdAt")
-            VALUES ($ev_row, 'event', 'NEW_MESSAGE', ARRAY['$P1', '$N1'], '{}', LOCALTIMESTAMP(3) - interval '1 minute'),
-                   ($row, 'job', 'push-notification', NULL, '{"userId":"$P1"}', LOCALTIMESTAMP(3) - interval '1 minute')});
-    ok(outbox_empty(), 'the sweep takes both rows again (and deletes them)');
+    # as if the relay had died between Redis and its DELETE: the row is back
+    psql(qq{INSERT INTO ahava_outbox (id, topic, recipients, payload, jobs, "createdAt")
+            VALUES ($row, 'NEW_MESSAGE', ARRAY['$P1', '$N1'], '{}',
+                    '[["push-notification", {"userId": "$P1"}]]', LOCALTIMESTAMP(3) - interval '1 minute')});
+    ok(outbox_empty(), 'the sweep takes the row again (and deletes it)');
     $sub->wait_for(1.5, sub { @_ >= 1 });
     is(scalar($sub->take), 0, '... the event is not published again');
     my $list = all_jobs()->{'push-notification'};
-    is(scalar(grep { $_->{id} eq "ahava-$row" } @$list), 1, '... the job is there once');
-    is_deeply((grep { $_->{id} eq "ahava-$row" } @$list)[0]{data}, $push->{data}, '... as it was first written');
+    is(scalar(grep { $_->{id} =~ /^ahava-$row-/ } @$list), 1, '... the job is there once');
+    is_deeply((grep { $_->{id} eq "ahava-$row-0" } @$list)[0]{data}, $push->{data}, '... as it was first written');
     $sub->disconnect;
 }
 
@@ -258,7 +257,8 @@ for my $c (@cases) {
     is(scalar @sent, 20, 'twenty messages sent while Redis is down: all 201');
     my $c = mutate('cancel', Ahava::Visits::new_visit(status => 'SCHEDULED'), 'admin');
     api_ok($c, 'a cancellation too: 200');
-    is(psql_value(q{SELECT count(*) FROM ahava_outbox}), 20 * 2 + 1 + 3 + 2, 'the outbox holds their 46 rows (events, pushes, emails)');
+    is(psql_value(q{SELECT count(*) FROM ahava_outbox}), 21, 'the outbox holds their 21 rows (a row per change: its event and its jobs)');
+    is(psql_value(q{SELECT sum(json_array_length(jobs::json)) FROM ahava_outbox}), 20 + 3 + 2, '... with their 25 jobs (pushes, emails)');
     my $rows = join "\n", map { join '|', map { $_ // '' } @$_ } @{ psql('SELECT * FROM ahava_outbox') };
     unlike($rows, qr/\Q$MARKER\E/, '... none holds the message text (the event row holds its ciphertext)');
     like($rows, qr/\|v2:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+\|/, '... it does hold the ciphertext');

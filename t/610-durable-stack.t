@@ -68,7 +68,7 @@ sub send_one {
     ok(poll_until(10, sub { sql('SELECT count(*) FROM ahava_outbox') eq '0' }), '... its outbox rows relayed');
     my $job = rcli(qw(zrange bull:push-notification:prioritized 0 -1));
     my ($last) = (split /\n/, $job)[-1];
-    like($last // '', qr/^ahava-\d+$/, "... its push job queued ($last)");
+    like($last // '', qr/^ahava-\d+-0$/, "... its push job queued ($last)");
     return ($id, $last);
 }
 
