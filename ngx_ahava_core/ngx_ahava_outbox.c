@@ -95,10 +95,11 @@ static ngx_ahava_outbox_queue_t  ngx_ahava_outbox_queues[] = {
  * job's data), job opts, priority.  The k-th job of row n is BullMQ job
  * "ahava-n-k", added as BullMQ 6.7's addPrioritizedJob does with a custom
  * id (BULLMQ-LAYOUT.md §4, §2.2): INCR id, "duplicated" if the id exists,
- * else the hash, "added", a score from pc, the marker unless paused or
- * maxed, "waiting".  A row is recorded once all its items ran: a script
- * that fails midway leaves the rest to be sent again.  Returns how many
- * rows were new.
+ * else the hash, "added", a score from pc, "waiting"; once per queue and
+ * batch, the queue's meta is read and its marker set unless paused or
+ * maxed (workers wake after the script anyway).  A row is recorded once all
+ * its items ran: a script that fails midway leaves the rest to be sent
+ * again.  Returns how many rows were new.
  */
 static const char  ngx_ahava_outbox_script[] =
     "local now, floor = ARGV[1], tonumber(ARGV[2])\n"
@@ -109,6 +110,22 @@ static const char  ngx_ahava_outbox_script[] =
     NGX_AHAVA_OUTBOX_KEEP ", 'LIMIT', 0, 1000)\n"
     "for _, id in ipairs(old) do\n"
     "  if tonumber(id) < floor then redis.call('ZREM', seen, id) end\n"
+    "end\n"
+    /* a queue's keys and events limit, looked up once a batch */
+    "local queues = {}\n"
+    "local function queue(name)\n"
+    "  local q = queues[name]\n"
+    "  if not q then\n"
+    "    local P = 'bull:' .. name .. ':'\n"
+    "    local max = redis.call('HGET', P .. 'meta', 'opts.maxLenEvents')\n"
+    "    if not max then\n"
+    "      max = '10000'\n"
+    "      redis.call('HSET', P .. 'meta', 'opts.maxLenEvents', max)\n"
+    "    end\n"
+    "    q = { P = P, max = max, added = false }\n"
+    "    queues[name] = q\n"
+    "  end\n"
+    "  return q\n"
     "end\n"
     "local new, i = 0, 3\n"
     "while i <= #ARGV do\n"
@@ -125,15 +142,11 @@ static const char  ngx_ahava_outbox_script[] =
     "        redis.call('PUBLISH', 'ahava:user:' .. user, payload)\n"
     "      end\n"
     "    elseif fresh then\n"
-    "      local P = 'bull:' .. target .. ':'\n"
+    "      local q = queue(target)\n"
+    "      local P = q.P\n"
     "      local job = 'ahava-' .. id .. '-' .. j\n"
     "      j = j + 1\n"
     "      redis.call('INCR', P .. 'id')\n"
-    "      local max = redis.call('HGET', P .. 'meta', 'opts.maxLenEvents')\n"
-    "      if not max then\n"
-    "        max = '10000'\n"
-    "        redis.call('HSET', P .. 'meta', 'opts.maxLenEvents', max)\n"
-    "      end\n"
     "      if redis.call('EXISTS', P .. job) == 1 then\n"
     "        redis.call('XADD', P .. 'events', '*', 'event', 'duplicated',"
     " 'jobId', job)\n"
@@ -145,21 +158,28 @@ static const char  ngx_ahava_outbox_script[] =
     "        local pc = redis.call('INCR', P .. 'pc')\n"
     "        redis.call('ZADD', P .. 'prioritized',"
     " tonumber(prio) * 0x100000000 + pc % 0x100000000, job)\n"
-    "        local meta = redis.call('HMGET', P .. 'meta', 'paused',"
-    " 'concurrency')\n"
-    "        local limit = tonumber(meta[2])\n"
-    "        if not meta[1] and (not limit or"
-    " redis.call('LLEN', P .. 'active') < limit) then\n"
-    "          redis.call('ZADD', P .. 'marker', 0, '0')\n"
-    "        end\n"
-    "        redis.call('XADD', P .. 'events', 'MAXLEN', '~', max, '*',"
+    "        redis.call('XADD', P .. 'events', 'MAXLEN', '~', q.max, '*',"
     " 'event', 'waiting', 'jobId', job)\n"
+    "        q.added = true\n"
     "      end\n"
     "    end\n"
     "  end\n"
     "  if fresh then\n"
     "    redis.call('ZADD', seen, clock, id)\n"
     "    new = new + 1\n"
+    "  end\n"
+    "end\n"
+    /* workers wake once the script is done: one marker per queue is
+     * enough, unless the queue is paused or at its global concurrency */
+    "for _, q in pairs(queues) do\n"
+    "  if q.added then\n"
+    "    local meta = redis.call('HMGET', q.P .. 'meta', 'paused',"
+    " 'concurrency')\n"
+    "    local limit = tonumber(meta[2])\n"
+    "    if not meta[1] and (not limit or"
+    " redis.call('LLEN', q.P .. 'active') < limit) then\n"
+    "      redis.call('ZADD', q.P .. 'marker', 0, '0')\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "return new\n";
