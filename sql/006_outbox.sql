@@ -30,17 +30,24 @@ CREATE TABLE IF NOT EXISTS "ahava_outbox" (
 -- plans its body again on every call.
 
 -- How a push or an email names a person: "Nurse Dlamini", "Dr Naidoo"
+-- (SQL, inlined where it is called)
+CREATE OR REPLACE FUNCTION "ahava_title"(p_role "UserRole", p_first TEXT,
+    p_last TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_role
+               WHEN 'NURSE' THEN 'Nurse ' || p_last
+               WHEN 'DOCTOR' THEN 'Dr ' || p_last
+               WHEN 'ADMIN' THEN 'Ahava support'
+               ELSE p_first || ' ' || p_last END
+$$;
+
 CREATE OR REPLACE FUNCTION "ahava_person_title"(p_user TEXT) RETURNS TEXT
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t  TEXT;
 BEGIN
-    SELECT CASE u.role
-               WHEN 'NURSE' THEN 'Nurse ' || u."lastName"
-               WHEN 'DOCTOR' THEN 'Dr ' || u."lastName"
-               WHEN 'ADMIN' THEN 'Ahava support'
-               ELSE u."firstName" || ' ' || u."lastName" END
-    INTO t FROM users u WHERE u.id = p_user;
+    SELECT ahava_title(u.role, u."firstName", u."lastName") INTO t
+    FROM users u WHERE u.id = p_user;
     RETURN t;
 END
 $$;
@@ -178,10 +185,10 @@ $$;
 
 -- A new message: NEW_MESSAGE to its recipient and to the sender's other
 -- sessions (the data without its content, the ciphertext beside it), and
--- a push to the recipient naming the sender, never the text.
+-- a push to the recipient naming the sender (p_title), never the text.
 CREATE OR REPLACE FUNCTION "ahava_outbox_message"(p_message TEXT,
     p_visit TEXT, p_sender TEXT, p_recipient TEXT, p_data TEXT,
-    p_content TEXT)
+    p_content TEXT, p_title TEXT)
 RETURNS BIGINT[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -190,10 +197,12 @@ BEGIN
     INSERT INTO "ahava_outbox" ("topic", "recipients", "payload", "secret",
                                 "jobs")
     VALUES ('NEW_MESSAGE', ARRAY[p_recipient, p_sender], p_data, p_content,
-            jsonb_build_array(ahava_push_job(p_recipient, 'New message',
-                'New message from ' || ahava_person_title(p_sender),
-                jsonb_build_object('type', 'NEW_MESSAGE', 'visitId', p_visit,
-                                   'messageId', p_message)))::text)
+            json_build_array(json_build_array('push-notification',
+                json_build_object('userId', p_recipient,
+                    'title', 'New message',
+                    'body', 'New message from ' || p_title,
+                    'data', json_build_object('type', 'NEW_MESSAGE',
+                        'visitId', p_visit, 'messageId', p_message))))::text)
     RETURNING "ahava_outbox"."id" INTO id;
 
     RETURN ARRAY[id];
