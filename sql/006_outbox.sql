@@ -194,15 +194,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     id  BIGINT;
 BEGIN
+    -- the ids are of [A-Za-z0-9_-] (validated): only the title needs
+    -- escaping; text joined costs PostgreSQL less than json_build_object
     INSERT INTO "ahava_outbox" ("topic", "recipients", "payload", "secret",
                                 "jobs")
     VALUES ('NEW_MESSAGE', ARRAY[p_recipient, p_sender], p_data, p_content,
-            json_build_array(json_build_array('push-notification',
-                json_build_object('userId', p_recipient,
-                    'title', 'New message',
-                    'body', 'New message from ' || p_title,
-                    'data', json_build_object('type', 'NEW_MESSAGE',
-                        'visitId', p_visit, 'messageId', p_message))))::text)
+            '[["push-notification",{"userId":"' || p_recipient
+            || '","title":"New message","body":'
+            || to_json('New message from '
+                      || coalesce(p_title, 'a participant'))::text
+            || ',"data":{"type":"NEW_MESSAGE","visitId":"' || p_visit
+            || '","messageId":"' || p_message || '"}}]]')
     RETURNING "ahava_outbox"."id" INTO id;
 
     RETURN ARRAY[id];
