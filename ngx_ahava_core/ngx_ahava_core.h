@@ -402,6 +402,9 @@ size_t ngx_ahava_splice_size(PGresult *res, int row, int json_col,
 u_char *ngx_ahava_splice(ngx_http_request_t *r, u_char *p, PGresult *res,
     int row, int json_col, int ct_col, const char *field,
     const char *error_field);
+u_char *ngx_ahava_splice_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *p, PGresult *res, int row, int json_col,
+    int ct_col, const char *field, const char *error_field);
 u_char *ngx_ahava_decrypted_field(ngx_http_request_t *r, u_char *p,
     PGresult *res, int row, int col, const char *field,
     const char *error_field);

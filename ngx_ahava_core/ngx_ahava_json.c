@@ -623,6 +623,20 @@ u_char *
 ngx_ahava_splice(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
     int json_col, int ct_col, const char *field, const char *error_field)
 {
+    return ngx_ahava_splice_in(
+               ngx_http_get_module_main_conf(r, ngx_ahava_core_module),
+               r->pool, r->connection->log, p, res, row, json_col, ct_col,
+               field, error_field);
+}
+
+
+/* the same for an owner that is not a request (the outbox relay) */
+
+u_char *
+ngx_ahava_splice_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
+    ngx_log_t *log, u_char *p, PGresult *res, int row, int json_col,
+    int ct_col, const char *field, const char *error_field)
+{
     size_t  len;
 
     len = PQgetlength(res, row, json_col);
@@ -637,8 +651,8 @@ ngx_ahava_splice(ngx_http_request_t *r, u_char *p, PGresult *res, int row,
         *p++ = ',';                     /* not an empty object */
     }
 
-    p = ngx_ahava_decrypted_field(r, p, res, row, ct_col, field,
-                                  error_field);
+    p = ngx_ahava_decrypted_field_in(amcf, pool, log, p, res, row, ct_col,
+                                     field, error_field);
     if (p == NULL) {
         return NULL;
     }

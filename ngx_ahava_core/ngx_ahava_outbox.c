@@ -913,46 +913,29 @@ ngx_ahava_outbox_items(ngx_ahava_outbox_t *o, PGresult *res, int row,
 
 /*
  * An event's frame, {"type":T,"data":{...},"timestamp":ISO}, the time of
- * its commit; a message's content decrypted into data (SPEC §10: null and
- * contentError when it does not authenticate).
+ * its change; a message's content decrypted into data by the core's
+ * splice (SPEC §10: null and contentError when it does not authenticate).
  */
 
 static ngx_int_t
 ngx_ahava_outbox_frame(ngx_ahava_outbox_t *o, PGresult *res, int row,
     ngx_str_t *frame)
 {
-    u_char     *p, *data;
-    size_t      len, dlen;
-    ngx_str_t   plain;
-    ngx_int_t   rc;
+    u_char      *p;
+    size_t       len, dlen;
+    ngx_uint_t   splice;
 
-    data = (u_char *) PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD);
     dlen = PQgetlength(res, row, NGX_AHAVA_OB_PAYLOAD);
 
-    ngx_str_null(&plain);
-    rc = NGX_OK;
-
-    if (!PQgetisnull(res, row, NGX_AHAVA_OB_SECRET)) {
-        rc = ngx_ahava_decrypt_in(o->amcf, o->pool,
-                 (u_char *) PQgetvalue(res, row, NGX_AHAVA_OB_SECRET),
-                 PQgetlength(res, row, NGX_AHAVA_OB_SECRET), &plain);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (rc != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, o->log, 0,
-                          "ahava: outbox row %s: content failed to decrypt",
-                          PQgetvalue(res, row, NGX_AHAVA_OB_ID));
-        }
-    }
+    /* a payload that is no object is sent as it is */
+    splice = !PQgetisnull(res, row, NGX_AHAVA_OB_SECRET) && dlen >= 2;
 
     len = sizeof("{\"type\":\"\",\"data\":,\"timestamp\":\"\"}")
-          + PQgetlength(res, row, NGX_AHAVA_OB_TOPIC) + dlen
+          + PQgetlength(res, row, NGX_AHAVA_OB_TOPIC)
           + PQgetlength(res, row, NGX_AHAVA_OB_TIME)
-          + sizeof(",\"content\":null,\"contentError\":\"DECRYPTION_FAILED\"")
-          + ngx_ahava_json_string_size(plain.data, plain.len);
+          + (splice ? ngx_ahava_splice_size(res, row, NGX_AHAVA_OB_PAYLOAD,
+                                            NGX_AHAVA_OB_SECRET)
+                    : dlen);
 
     frame->data = ngx_pnalloc(o->pool, len);
     if (frame->data == NULL) {
@@ -962,30 +945,16 @@ ngx_ahava_outbox_frame(ngx_ahava_outbox_t *o, PGresult *res, int row,
     p = ngx_sprintf(frame->data, "{\"type\":\"%s\",\"data\":",
                     PQgetvalue(res, row, NGX_AHAVA_OB_TOPIC));
 
-    if (PQgetisnull(res, row, NGX_AHAVA_OB_SECRET) || dlen < 2
-        || data[dlen - 1] != '}')
-    {
-        p = ngx_cpymem(p, data, dlen);
+    if (splice) {
+        p = ngx_ahava_splice_in(o->amcf, o->pool, o->log, p, res, row,
+                                NGX_AHAVA_OB_PAYLOAD, NGX_AHAVA_OB_SECRET,
+                                "content", "contentError");
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
 
     } else {
-        p = ngx_cpymem(p, data, dlen - 1);
-
-        if (dlen > 2) {
-            *p++ = ',';
-        }
-
-        if (rc == NGX_OK) {
-            p = ngx_cpymem(p, "\"content\":", sizeof("\"content\":") - 1);
-            p = ngx_ahava_json_string_write(p, plain.data, plain.len);
-
-        } else {
-            p = ngx_cpymem(p, "\"content\":null,\"contentError\":"
-                           "\"DECRYPTION_FAILED\"",
-                           sizeof("\"content\":null,\"contentError\":"
-                                  "\"DECRYPTION_FAILED\"") - 1);
-        }
-
-        *p++ = '}';
+        p = ngx_cpymem(p, PQgetvalue(res, row, NGX_AHAVA_OB_PAYLOAD), dlen);
     }
 
     p = ngx_sprintf(p, ",\"timestamp\":\"%s\"}",
