@@ -51,6 +51,7 @@ struct ngx_ahava_redis_s {
 };
 
 
+static ngx_int_t ngx_ahava_redis_writable(ngx_ahava_redis_t *redis);
 static void ngx_ahava_redis_connect(ngx_ahava_redis_t *redis);
 static ngx_int_t ngx_ahava_redis_attach(ngx_ahava_redis_t *redis,
     redisAsyncContext *ac);
@@ -159,16 +160,7 @@ ngx_ahava_redis_command(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
     int      rc;
     va_list  args;
 
-    if (redis == NULL || !redis->connected || redis->ac == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (redis->ac->c.obuf
-        && sdslen(redis->ac->c.obuf) > NGX_AHAVA_REDIS_MAX_OBUF)
-    {
-        ngx_ahava_log_limited(&redis->error_log, NGX_LOG_WARN, redis->log,
-                              "ahava: redis is not reading, command "
-                              "dropped");
+    if (ngx_ahava_redis_writable(redis) != NGX_OK) {
         return NGX_DECLINED;
     }
 
@@ -186,6 +178,20 @@ ngx_int_t
 ngx_ahava_redis_command_argv(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
     void *data, int argc, const char **argv, const size_t *lens)
 {
+    if (ngx_ahava_redis_writable(redis) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    return (redisAsyncCommandArgv(redis->ac, fn, data, argc, argv, lens)
+            == REDIS_OK) ? NGX_OK : NGX_ERROR;
+}
+
+
+/* connected, and not holding back more than NGX_AHAVA_REDIS_MAX_OBUF */
+
+static ngx_int_t
+ngx_ahava_redis_writable(ngx_ahava_redis_t *redis)
+{
     if (redis == NULL || !redis->connected || redis->ac == NULL) {
         return NGX_DECLINED;
     }
@@ -199,8 +205,7 @@ ngx_ahava_redis_command_argv(ngx_ahava_redis_t *redis, redisCallbackFn *fn,
         return NGX_DECLINED;
     }
 
-    return (redisAsyncCommandArgv(redis->ac, fn, data, argc, argv, lens)
-            == REDIS_OK) ? NGX_OK : NGX_ERROR;
+    return NGX_OK;
 }
 
 

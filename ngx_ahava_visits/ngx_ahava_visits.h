@@ -64,6 +64,8 @@ extern ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[];
 extern const char       *ngx_ahava_visit_statuses[];
 
 ngx_int_t ngx_ahava_visits_declare(ngx_conf_t *cf);
+ngx_ahava_pg_query_t *ngx_ahava_visits_role_query(ngx_http_request_t *r,
+    ngx_ahava_ctx_t *ctx, ngx_ahava_stmt_t *stmt);
 
 ngx_ahava_rc_e ngx_ahava_visit_status(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);

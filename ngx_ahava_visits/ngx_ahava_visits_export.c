@@ -81,21 +81,10 @@ static ngx_ahava_pg_query_t *
 ngx_ahava_export_query(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     ngx_uint_t stmt)
 {
-    ngx_ahava_pg_query_t  *q;
-
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: export \"%V\"", &ngx_ahava_export_stmts[stmt].name);
 
-    q = ngx_ahava_query_create(r, &ngx_ahava_export_stmts[stmt]);
-    if (q == NULL) {
-        return NULL;
-    }
-
-    q->values[0] = (char *) ctx->ids[0].data;
-    q->values[1] = (char *) ctx->user.id;
-    q->values[2] = (char *) ngx_ahava_role_name(ctx->user.role);
-
-    return q;
+    return ngx_ahava_visits_role_query(r, ctx, &ngx_ahava_export_stmts[stmt]);
 }
 
 

@@ -291,21 +291,31 @@ ngx_ahava_visit_assign(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
 }
 
 
-/* $1 the visit, $2 the caller, $3 the caller's role */
+/* a mutation's statement, its continuation's table row in ctx->data */
 
 static ngx_ahava_pg_query_t *
 ngx_ahava_visit_query(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     ngx_ahava_visits_stmt_e stmt)
 {
-    ngx_ahava_pg_query_t  *q;
-
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "ahava: visit mutation \"%V\"",
                    &ngx_ahava_visits_stmts[stmt].name);
 
     ctx->data = &ngx_ahava_visit_mutations[stmt];
 
-    q = ngx_ahava_query_create(r, &ngx_ahava_visits_stmts[stmt]);
+    return ngx_ahava_visits_role_query(r, ctx, &ngx_ahava_visits_stmts[stmt]);
+}
+
+
+/* $1 the path's id, $2 the caller, $3 the caller's role */
+
+ngx_ahava_pg_query_t *
+ngx_ahava_visits_role_query(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
+    ngx_ahava_stmt_t *stmt)
+{
+    ngx_ahava_pg_query_t  *q;
+
+    q = ngx_ahava_query_create(r, stmt);
     if (q == NULL) {
         return NULL;
     }

@@ -1739,8 +1739,6 @@ ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
 }
 
 
-
-
 static void
 ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 {
