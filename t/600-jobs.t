@@ -220,6 +220,18 @@ for my $c (@cases) {
         for qw(nurse1 doctor patient2);
     api_error_is(response(GET => '/api/exports/nosuchexport', as => 'admin'), 404, 'NOT_FOUND', 'GET no export: 404');
     api_error_is(response(GET => "/api/exports/$id"), 401, 'TOKEN_MISSING', 'GET without a token: 401');
+
+    # an early answer: nothing runs after it, no row and no job
+    my $counted = reset_statements();
+    my ($res401, $jobs401) = jobs_of(sub { response(POST => "/api/visits/$ID{visit1}/export",
+                                                     headers => { Authorization => 'Bearer not.a.token' }) });
+    api_error_is($res401, 401, 'TOKEN_INVALID', 'POST export with a bad token: 401');
+    is(psql_value(q{SELECT count(*) FROM export_jobs}), 4, '... no export_jobs row');
+    is_deeply([map { scalar @{ $jobs401->{$_} } } @QUEUES], [0, 0, 0], '... and no job');
+    SKIP: {
+        skip 'no pg_stat_statements', 1 unless $counted;
+        is(statement_calls(like => '%INSERT INTO export_jobs%'), 0, '... and the export statement never ran');
+    }
 }
 
 # --- an outbox row seen again after it was sent is not sent twice -------------------------------------
