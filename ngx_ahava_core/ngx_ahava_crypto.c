@@ -43,6 +43,21 @@ static u_char *ngx_ahava_b64_encode(u_char *dst, const u_char *src,
     size_t len);
 static int ngx_ahava_b64_value(u_char c);
 static EVP_CIPHER_CTX *ngx_ahava_crypto_ctx(int enc);
+
+
+/*
+ * nginx's workers are single-threaded; ahava-worker's threads each get
+ * their own cipher and contexts (NGX_AHAVA_CRYPTO_THREADS), freed by
+ * ngx_ahava_crypto_thread_done() when the thread ends.
+ */
+#ifdef NGX_AHAVA_CRYPTO_THREADS
+#define NGX_AHAVA_CRYPTO_LOCAL  __thread
+#else
+#define NGX_AHAVA_CRYPTO_LOCAL
+#endif
+
+static NGX_AHAVA_CRYPTO_LOCAL EVP_CIPHER      *ngx_ahava_gcm;
+static NGX_AHAVA_CRYPTO_LOCAL EVP_CIPHER_CTX  *ngx_ahava_ctx[2];
 static int ngx_ahava_b64_decode(u_char *dst, const u_char *src, size_t len,
     size_t *dst_len);
 static int ngx_ahava_hex_value(u_char c);
@@ -399,30 +414,43 @@ done:
 static EVP_CIPHER_CTX *
 ngx_ahava_crypto_ctx(int enc)
 {
-    static EVP_CIPHER      *gcm;
-    static EVP_CIPHER_CTX  *ctx[2];
-
-    if (gcm == NULL) {
-        gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-        if (gcm == NULL) {
+    if (ngx_ahava_gcm == NULL) {
+        ngx_ahava_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (ngx_ahava_gcm == NULL) {
             return NULL;
         }
     }
 
-    if (ctx[enc] == NULL) {
-        ctx[enc] = EVP_CIPHER_CTX_new();
-        if (ctx[enc] == NULL) {
+    if (ngx_ahava_ctx[enc] == NULL) {
+        ngx_ahava_ctx[enc] = EVP_CIPHER_CTX_new();
+        if (ngx_ahava_ctx[enc] == NULL) {
             return NULL;
         }
 
-        if (EVP_CipherInit_ex(ctx[enc], gcm, NULL, NULL, NULL, enc) != 1) {
-            EVP_CIPHER_CTX_free(ctx[enc]);
-            ctx[enc] = NULL;
+        if (EVP_CipherInit_ex(ngx_ahava_ctx[enc], ngx_ahava_gcm, NULL, NULL,
+                              NULL, enc)
+            != 1)
+        {
+            EVP_CIPHER_CTX_free(ngx_ahava_ctx[enc]);
+            ngx_ahava_ctx[enc] = NULL;
             return NULL;
         }
     }
 
-    return ctx[enc];
+    return ngx_ahava_ctx[enc];
+}
+
+
+void
+ngx_ahava_crypto_thread_done(void)
+{
+    EVP_CIPHER_CTX_free(ngx_ahava_ctx[0]);
+    EVP_CIPHER_CTX_free(ngx_ahava_ctx[1]);
+    EVP_CIPHER_free(ngx_ahava_gcm);
+
+    ngx_ahava_ctx[0] = NULL;
+    ngx_ahava_ctx[1] = NULL;
+    ngx_ahava_gcm = NULL;
 }
 
 

@@ -47,5 +47,11 @@ size_t ngx_ahava_crypto_decrypted_max_len(size_t ct_len);
 int ngx_ahava_crypto_decrypt(const u_char *const *keys, size_t nkeys,
     const u_char *in, size_t len, u_char *out, size_t *out_len);
 
+/*
+ * Frees the calling thread's cipher contexts (they are per thread when
+ * built with NGX_AHAVA_CRYPTO_THREADS, per process otherwise).
+ */
+void ngx_ahava_crypto_thread_done(void);
+
 
 #endif /* _NGX_AHAVA_CRYPTO_H_INCLUDED_ */

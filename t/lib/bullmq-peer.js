@@ -6,8 +6,13 @@
 //   node bullmq-peer.js add    REDIS_URL QUEUE NAME DATA → the id of a job a Node Queue added
 //   node bullmq-peer.js work   REDIS_URL QUEUE N        → a Worker completes N jobs; JSON
 //        {processed:[{id,name,data}], events:[ids QueueEvents saw completed], counts}
+//   node bullmq-peer.js addmany REDIS_URL QUEUE JSON     → Queue.addBulk of [{name,data,opts}]; {ids}
+//   node bullmq-peer.js watch  REDIS_URL QUEUE N         → QueueEvents (from the stream's start)
+//        until N jobs completed or failed: {completed:{id:returnvalue}, failed:{id:reason}, counts}
+//   node bullmq-peer.js job    REDIS_URL QUEUE ID        → Queue.getJob(ID) as JSON, with its state
 //
-// Prints one JSON line on stdout; exits non-zero on failure or after 20 s.
+// Prints one JSON line on stdout; exits non-zero on failure or after
+// PEER_TIMEOUT_S seconds (20).
 'use strict';
 
 const { Queue, Worker, QueueEvents } = require('bullmq');
@@ -20,7 +25,8 @@ const connection = {
     maxRetriesPerRequest: null,
 };
 
-setTimeout(() => { console.error('bullmq-peer: timed out'); process.exit(3); }, 20000).unref();
+setTimeout(() => { console.error('bullmq-peer: timed out'); process.exit(3); },
+           1000 * Number(process.env.PEER_TIMEOUT_S || 20)).unref();
 
 async function jobsOf(name) {
     const queue = new Queue(name, { connection });
@@ -74,6 +80,29 @@ async function main() {
             await qe.close();
             console.log(JSON.stringify({ processed, events,
                                          counts: await queue.getJobCounts() }));
+        } else if (cmd === 'addmany') {
+            const jobs = await queue.addBulk(JSON.parse(rest[0]));
+            console.log(JSON.stringify({ ids: jobs.map(j => j.id) }));
+        } else if (cmd === 'watch') {
+            const want = Number(rest[0]);
+            const completed = {};
+            const failed = {};
+            const qe = new QueueEvents(queueName, { connection, lastEventId: '0-0' });
+            let done;
+            const finished = new Promise(r => { done = r; });
+            const check = () => {
+                if (Object.keys(completed).length + Object.keys(failed).length >= want) done();
+            };
+            qe.on('completed', ({ jobId, returnvalue }) => { completed[jobId] = returnvalue; check(); });
+            qe.on('failed', ({ jobId, failedReason }) => { failed[jobId] = failedReason; check(); });
+            qe.on('error', e => { console.error(e); process.exit(4); });
+            await qe.waitUntilReady();
+            await finished;
+            await qe.close();
+            console.log(JSON.stringify({ completed, failed, counts: await queue.getJobCounts() }));
+        } else if (cmd === 'job') {
+            const job = await queue.getJob(rest[0]);
+            console.log(JSON.stringify(job ? { ...job.toJSON(), state: await job.getState() } : null));
         } else {
             throw new Error(`unknown command ${cmd}`);
         }

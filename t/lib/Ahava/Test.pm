@@ -76,7 +76,8 @@ sub _random_b64 {
     return encode_base64($buf, '');
 }
 
-# setup(private_pg => 1, private_redis => 1, db => 0, services => 0)
+# setup(private_pg => 1, private_redis => 1, redis_appendonly => 1, db => 0,
+#       services => 0)
 #
 # services => 0: only secrets and URLs (of nothing), for nginx -t.
 # PostgreSQL and Redis come from AHAVA_TEST_PG_URL / AHAVA_TEST_REDIS_URL
@@ -97,7 +98,7 @@ sub setup {
     if ($ENV{AHAVA_TEST_REDIS_URL} && !$o{private_redis}) {
         $ENVV{REDIS_URL} = $ENV{AHAVA_TEST_REDIS_URL};
     } else {
-        $REDIS = Ahava::Test::Redis->start;
+        $REDIS = Ahava::Test::Redis->start(appendonly => $o{redis_appendonly});
         $ENVV{REDIS_URL} = $REDIS->url;
     }
 

@@ -4,6 +4,7 @@ package Ahava::Test::Redis;
 # same port (for the tests that take Redis away under nginx).
 #
 #   my $r = Ahava::Test::Redis->start;  $r->url;  $r->stop;  $r->start;
+#   Ahava::Test::Redis->start(appendonly => 1): keeps its data across a stop
 
 use strict;
 use warnings;
@@ -22,7 +23,8 @@ sub start {
 
     my ($rc, $out) = run_capture(['redis-server', '--port', $self->{port},
         '--bind', '127.0.0.1', '--dir', $self->{dir}, '--save', '',
-        '--appendonly', 'no', '--daemonize', 'yes',
+        '--appendonly', $self->{appendonly} ? 'yes' : 'no',
+        '--appendfsync', 'always', '--daemonize', 'yes',
         '--pidfile', "$self->{dir}/redis.pid",
         '--logfile', "$self->{dir}/redis.log"]);
     die "redis-server failed ($rc): $out" if $rc;
@@ -55,7 +57,8 @@ sub stop {
     return unless $self->{running};
     my $pid = slurp("$self->{dir}/redis.pid");
     $pid = $1 if defined $pid && $pid =~ /(\d+)/;
-    run_capture(['redis-cli', '-p', $self->{port}, 'shutdown', 'nosave']);
+    run_capture(['redis-cli', '-p', $self->{port}, 'shutdown',
+                 $self->{appendonly} ? () : 'nosave']);
     poll_until(10, sub { !port_open($self->{port})
                          && !($pid && process_alive($pid)) })
         or die "redis-server on port $self->{port} did not stop";
