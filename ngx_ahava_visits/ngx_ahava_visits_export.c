@@ -27,6 +27,7 @@ static ngx_ahava_col_t  ngx_ahava_export_cols[] = {
     { "checksum", NGX_AHAVA_COL_STRING, NULL },
     { "createdAt", NGX_AHAVA_COL_TIME, NULL },
     { "completedAt", NGX_AHAVA_COL_TIME, NULL },
+    { "error", NGX_AHAVA_COL_STRING, NULL },
     { NULL, 0, NULL }
 };
 
@@ -62,8 +63,8 @@ static ngx_ahava_stmt_t  ngx_ahava_export_stmts[] = {
     /* GET /api/exports/:id — its owner, admin */
     { ngx_string("export read"),
       "SELECT e.id, e.type, e.status, e.filters, e.\"fileUrl\","
-      " e.\"fileSize\", e.checksum, e.\"createdAt\", e.\"completedAt\""
-      " FROM export_jobs e WHERE e.id = $1"
+      " e.\"fileSize\", e.checksum, e.\"createdAt\", e.\"completedAt\","
+      " e.error FROM export_jobs e WHERE e.id = $1"
       " AND (e.\"userId\" = $2 OR $3::text = 'ADMIN')",
       3, 0, "" },
 };

@@ -10,6 +10,7 @@ use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use Ahava::Test;
 use Ahava::Worker;
+use Ahava::Test::Util qw(slurp);
 
 setup(private_redis => 1, redis_appendonly => 1);
 
@@ -108,6 +109,215 @@ is($h->{redis}, 'up', '/health: redis up');
 is($h->{postgres}, 'up', '/health: postgres up');
 
 is($w->term, 0, 'SIGTERM: exit 0');
+
+# --- Expo's answers: DeviceNotRegistered prunes the token, 503 and 429 are retried -----------------
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p2-unregistered]', 'ExponentPushToken[p2-ok]'] WHERE id = '$P2'});
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-busy]'] WHERE id = '$N1'});
+my %FAST = (%PUSH_OPTS, backoff => { type => 'exponential', delay => 200 });
+$w = Ahava::Worker->start(name => 'push2', env => { EXPO_PUSH_URL => $EXPO });
+$ids = add_jobs('push-notification',
+    { name => 'send-push', data => { userId => $P2, title => 'Visit on its way', body => 'Nurse en route' }, opts => \%FAST },
+    { name => 'send-push', data => { userId => $N1, title => 'Busy endpoint', body => 'x' }, opts => \%FAST });
+$seen = peer('watch', $URL, 'push-notification', 12);
+is_deeply($seen->{completed}{ $ids->[0] }, { tokens => 2, sent => 1, pruned => 1, errors => 0 },
+          'DeviceNotRegistered: one sent, one pruned');
+is(psql_value(qq{SELECT array_to_string("pushTokens", ',') FROM users WHERE id = '$P2'}), 'ExponentPushToken[p2-ok]',
+   '... and the unregistered token is gone from the user');
+ok($seen->{completed}{ $ids->[1] }, 'a 503 from Expo: retried, then completed');
+is(job_of('push-notification', $ids->[1])->{attemptsMade}, 2, '... on the second attempt');
+like(job_of('push-notification', $ids->[1])->{stacktrace}[0], qr/503/, '... the first failure in its stacktrace');
+is($w->term, 0, 'SIGTERM: exit 0');
+
+# --- retries: order and timing of the backoff, retries-exhausted, then FAILED --------------------
+sub stream_events { @{ peer('events', $URL, $_[0], $_[1] // ()) } }
+
+my $down = free_port();
+$w = Ahava::Worker->start(name => 'email-down', env => { SMTP_URL => "smtp://127.0.0.1:$down" });
+$ids = add_jobs('email', { name => 'send-email',
+    data => { to => 'zoe@example.com', subject => 'Visit cancelled', html => '<p>Cancelled</p>' },
+    opts => { attempts => 3, backoff => { type => 'exponential', delay => 300 }, priority => 3 } });
+$seen = peer('watch', $URL, 'email', 1);
+like($seen->{failed}{ $ids->[0] }, qr/connect|Couldn't|refused/i, 'SMTP down: failed for good after its attempts');
+my @ev = stream_events('email', $ids->[0]);
+my @active = map { $_->{ms} } grep { $_->{event} eq 'active' } @ev;
+is(scalar @active, 3, 'three attempts');
+cmp_ok($active[1] - $active[0], '>=', 300, 'the first retry waited 300 ms (exponential from 300)');
+cmp_ok($active[2] - $active[1], '>=', 600, 'the second waited 600 ms');
+cmp_ok($active[2] - $active[1], '<', 2500, '... and not much more');
+is_deeply([map { $_->{event} } @ev],
+          [qw(added waiting active delayed waiting active delayed waiting active failed retries-exhausted)],
+          'the events stream, in BullMQ\'s order');
+my $fj = job_of('email', $ids->[0]);
+is($fj->{attemptsMade}, 3, 'attemptsMade 3');
+is(scalar @{ $fj->{stacktrace} }, 3, 'three failures in its stacktrace');
+is($w->metrics->{'ahava_worker_jobs_retried_total{queue="email"}'}, 2, '/metrics: two retries');
+is($w->term, 0, 'SIGTERM: exit 0');
+
+# --- retention: removeOnComplete / removeOnFail counts ---------------------------------------------
+obliterate('push-notification');
+$w = Ahava::Worker->start(name => 'retention', env => { EXPO_PUSH_URL => $EXPO });
+my %KEEP = (attempts => 1, removeOnComplete => 3, removeOnFail => 2);
+$ids = add_jobs('push-notification',
+    (map { { name => 'send-push', data => { userId => $P1, title => "t$_", body => 'b' }, opts => \%KEEP } } 1 .. 6),
+    (map { { name => 'send-push', data => { title => "bad $_" }, opts => \%KEEP } } 1 .. 4));
+$seen = peer('watch', $URL, 'push-notification', 10);
+is($seen->{counts}{completed}, 3, 'removeOnComplete 3: three completed kept');
+is($seen->{counts}{failed}, 2, 'removeOnFail 2: two failed kept');
+is(scalar(grep { redis_cli('EXISTS', "bull:push-notification:$_") } @$ids[0 .. 5]), 3,
+   'the hashes of the three completed jobs not kept are deleted');
+$w->term;
+
+# --- the rate limit holds across two daemons ------------------------------------------------------
+obliterate('email');
+my @rate = ('email.rate_max=4', 'email.rate_duration_ms=1500', 'queues=email');
+my @two = map { Ahava::Worker->start(name => "rate$_", opts => \@rate) } 1 .. 2;
+$ids = add_jobs('email', map { { name => 'send-email',
+    data => { to => "p$_\@example.com", subject => "s$_", html => '<p>x</p>' }, opts => { attempts => 1 } } } 1 .. 12);
+$seen = peer('watch', $URL, 'email', 12);
+is(scalar keys %{ $seen->{completed} }, 12, 'twelve emails completed (the mail sink)');
+my $jobs = peer('jobs', $URL, 'email')->{email};
+my @starts = sort { $a <=> $b } map { $_->{processedOn} } @$jobs;
+my %by = map { ($_->{processedBy} // '') => 1 } @$jobs;
+diag('started by: ' . join(', ', map { my $n = $_; "$n: " . scalar(grep { ($_->{processedBy} // '') eq $n } @$jobs) } sort keys %by));
+cmp_ok($starts[4] - $starts[0], '>=', 1450, 'the 5th job started a window (1.5 s) after the 1st: 4 per window across both');
+cmp_ok($starts[8] - $starts[4], '>=', 1450, 'the 9th a window after the 5th');
+is(scalar keys %by, 2, 'both daemons took jobs');
+my @sunk = map { glob($_->dir . '/data/mail/*.eml') } @two;
+is(scalar @sunk, 12, 'the mail sinks hold the twelve messages');
+is($_->term, 0, 'SIGTERM: exit 0') for @two;
+
+# --- stalled: a daemon kill -9ed mid-job; another takes the job over ------------------------------
+obliterate('push-notification');
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-slow-1]'] WHERE id = '$N1'});
+my @fastlock = ('lock_duration_ms=2000', 'stalled_interval_ms=1000', 'queues=push-notification');
+my $a = Ahava::Worker->start(name => 'stall-a', env => { EXPO_PUSH_URL => $EXPO }, opts => \@fastlock);
+$ids = add_jobs('push-notification', { name => 'send-push', data => { userId => $N1, title => 'slow', body => 'x' }, opts => \%PUSH_OPTS });
+ok(poll_until(10, sub { grep { $_->{body}[0]{to} =~ /slow-1/ } push_requests() }), 'daemon A is sending the job');
+$a->kill9;
+my $b = Ahava::Worker->start(name => 'stall-b', env => { EXPO_PUSH_URL => $EXPO }, opts => \@fastlock);
+$seen = peer('watch', $URL, 'push-notification', 1);
+ok($seen->{completed}{ $ids->[0] }, 'the job A held is completed by B');
+my $sj = job_of('push-notification', $ids->[0]);
+like($sj->{processedBy}, qr/:\Q${\ $b->pid }\E$/, '... processed by B');
+ok(grep({ $_->{event} eq 'stalled' } stream_events('push-notification', $ids->[0])), '... after a stalled event');
+is($seen->{counts}{active}, 0, 'nothing left active');
+
+# --- SIGTERM: the job in hand is finished, no new one is taken -----------------------------------
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-slow-2]'] WHERE id = '$N1'});
+$ids = add_jobs('push-notification', { name => 'send-push', data => { userId => $N1, title => 'slow', body => 'x' }, opts => \%PUSH_OPTS });
+ok(poll_until(10, sub { grep { $_->{body}[0]{to} =~ /slow-2/ } push_requests() }), 'B is sending a slow job');
+$b->signal('TERM');
+my $later = add_jobs('push-notification', { name => 'send-push', data => { userId => $P1, title => 'after', body => 'x' }, opts => \%PUSH_OPTS });
+is($b->wait_exit(20), 0, 'SIGTERM: B exits 0 once the job is done');
+is(job_of('push-notification', $ids->[0])->{state}, 'completed', 'the job in hand was completed');
+is(job_of('push-notification', $later->[0])->{state}, 'prioritized', 'a job added after SIGTERM was not taken');
+ok(!grep({ $_->{event} eq 'stalled' } stream_events('push-notification', $ids->[0])), 'the finished job never stalled');
+
+# --- Redis restarted mid-run ----------------------------------------------------------------------
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-slow-3]'] WHERE id = '$N1'});
+$w = Ahava::Worker->start(name => 'redis-restart', env => { EXPO_PUSH_URL => $EXPO });
+$seen = peer('watch', $URL, 'push-notification', 3);
+ok($seen->{completed}{ $later->[0] }, 'the job left by B is completed by the next daemon');
+$ids = add_jobs('push-notification', { name => 'send-push', data => { userId => $N1, title => 'slow', body => 'x' }, opts => \%PUSH_OPTS });
+ok(poll_until(10, sub { grep { $_->{body}[0]{to} =~ /slow-3/ } push_requests() }), 'a job is in hand');
+ok($REDIS->stop, 'Redis stopped (its append-only file kept)');
+ok(poll_until(10, sub { $w->health_code == 503 }), '/health: 503 while Redis is down');
+ok(poll_until(10, sub { $w->log_like(qr/"redis unreachable"|"queue step failed"/) }), 'the outage is logged');
+ok($REDIS->start, 'Redis started again');
+ok(poll_until(15, sub { $w->health_code == 200 }), '/health: 200 again');
+$seen = peer('watch', $URL, 'push-notification', 4);
+ok($seen->{completed}{ $ids->[0] }, 'the job in hand during the outage is completed after it');
+is(job_of('push-notification', $ids->[0])->{attemptsMade}, 1, '... once');
+$ids = add_jobs('push-notification', map { { name => 'send-push', data => { userId => $P1, title => "after $_", body => 'x' }, opts => \%PUSH_OPTS } } 1 .. 5);
+$seen = peer('watch', $URL, 'push-notification', 9);
+is(scalar(grep { $seen->{completed}{$_} } @$ids), 5, 'jobs added after the restart are drained');
+my $outage_lines = () = $w->log_text =~ /"redis unreachable"|"queue step failed"/g;
+cmp_ok($outage_lines, '<=', 12, "the outage took $outage_lines log lines, not one per retry");
+is($w->term, 0, 'SIGTERM: exit 0');
+
+# --- email: SMTP with STARTTLS and AUTH, multipart/alternative; smtps://; a 550 ---------------------
+my $SV = "$TOP/t/servroot-700-worker";
+run_capture(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$SV/smtp.key",
+             '-out', "$SV/smtp.crt", '-days', '2', '-subj', '/CN=localhost',
+             '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+sub smtp_server {
+    my ($dir, @args) = @_;
+    File::Path::remove_tree($dir);
+    File::Path::make_path($dir);
+    my $port = free_port();
+    my $pid = open(my $fh, '-|', '/usr/bin/python3', "$TOP/t/lib/smtp-server.py", '--port', $port, '--dir', $dir,
+                   '--tls-cert', "$SV/smtp.crt", '--tls-key', "$SV/smtp.key", @args) or die "smtp-server: $!";
+    (scalar(<$fh>) // '') =~ /"listening"/ or die 'smtp-server did not start';
+    return ($port, $pid, $fh);
+}
+sub parse_eml {
+    my ($file) = @_;
+    my ($rc, $out) = run_capture(['/usr/bin/python3', '-c', <<'_PY_', $file]);
+import email, email.policy, json, sys
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=email.policy.default)
+parts = {p.get_content_type(): p.get_content() for p in m.walk() if not p.is_multipart()}
+print(json.dumps({'type': m.get_content_type(), 'subject': str(m['subject']), 'from': str(m['from']),
+                  'to': str(m['to']), 'date': str(m['date'] or ''), 'message_id': str(m['message-id'] or ''),
+                  'parts': parts}))
+_PY_
+    die "parse $file: $out" if $rc;
+    return $JSON->decode($out);
+}
+use File::Path ();
+my ($sport, $spid, $sfh) = smtp_server("$SV/smtp-mail", '--starttls-required', '--auth', 'ahava:s3cr%et', '--reject-rcpt', 'nobody@example.com');
+$w = Ahava::Worker->start(name => 'email', env => { SMTP_URL => "smtp://ahava:s3cr%25et\@127.0.0.1:$sport",
+                                                    SMTP_FROM => 'Ahava <no-reply@ahava.test>', SMTP_CA_FILE => "$SV/smtp.crt" });
+my $subject = 'Visit cancelled — Zoë Ngcobo, Tuesday 14:00, with Nurse Şükrü Çelik (home visit)';
+my $html = "<p>Your visit of <b>Tuesday</b> was cancelled by the patient.</p><p>Zoë &amp; Şükrü</p>";
+obliterate('email');
+$ids = add_jobs('email',
+    { name => 'send-email', data => { to => 'zoe@example.com', subject => $subject, html => $html,
+                                      text => "Your visit of Tuesday was cancelled by the patient.\nZoë & Şükrü" },
+      opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 3 } },
+    { name => 'send-email', data => { to => 'nobody@example.com', subject => 'x', html => '<p>x</p>' },
+      opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 3 } });
+$seen = peer('watch', $URL, 'email', 2);
+ok($seen->{completed}{ $ids->[0] }, 'the email was sent');
+like($seen->{failed}{ $ids->[1] }, qr/550/, 'a 550 recipient: failed');
+is(job_of('email', $ids->[1])->{attemptsMade}, 1, '... at once, not retried (a permanent refusal)');
+my @eml = glob("$SV/smtp-mail/*.eml");
+is(scalar @eml, 1, 'the SMTP server received one message');
+my ($meta) = map { $JSON->decode(scalar slurp($_)) } glob("$SV/smtp-mail/*.json");
+ok($meta->{tls}, 'over STARTTLS');
+is($meta->{auth_user}, 'ahava', 'after AUTH (a password with % in it, from the URL)');
+is($meta->{mail_from}, 'no-reply@ahava.test', 'MAIL FROM: the address of SMTP_FROM');
+is_deeply($meta->{rcpt_tos}, ['zoe@example.com'], 'RCPT TO: the job\'s recipient');
+my $mail = parse_eml($eml[0]);
+is($mail->{type}, 'multipart/alternative', 'multipart/alternative');
+is($mail->{subject}, $subject, 'the non-ASCII subject decodes to the original');
+like($mail->{date}, qr/^\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000$/, 'a Date header');
+like($mail->{message_id}, qr/^<[^@>]+\@ahava\.test>$/, 'a Message-ID');
+like($mail->{parts}{'text/plain'}, qr/^Your visit of Tuesday was cancelled by the patient\.\r?\nZoë & Şükrü\s*$/, 'the text part');
+is($mail->{parts}{'text/html'} =~ s/\s+$//r, $html, 'the HTML part');
+my @received = grep { $_->{msg} eq 'job completed' } $w->logs;
+ok(!grep({ $_->{msg} =~ /Zo/ || ($_->{error} // '') =~ /s3cr/ } $w->logs), 'no body or password in the log');
+$w->term;
+kill 'TERM', $spid; close $sfh;
+
+($sport, $spid, $sfh) = smtp_server("$SV/smtps-mail", '--implicit-tls', '--auth', 'u:p');
+$w = Ahava::Worker->start(name => 'smtps', env => { SMTP_URL => "smtps://u:p\@127.0.0.1:$sport", SMTP_CA_FILE => "$SV/smtp.crt" });
+$ids = add_jobs('email', { name => 'send-email', data => { to => 'n@example.com', subject => 'Assigned', html => '<p>A visit</p>' }, opts => { attempts => 1 } });
+$seen = peer('watch', $URL, 'email', 3);
+ok($seen->{completed}{ $ids->[0] }, 'smtps:// (TLS from the start): sent');
+($meta) = map { $JSON->decode(scalar slurp($_)) } glob("$SV/smtps-mail/*.json");
+ok($meta->{tls} && $meta->{auth_user} eq 'u', '... over TLS, authenticated');
+my $derived = parse_eml((glob("$SV/smtps-mail/*.eml"))[0]);
+like($derived->{parts}{'text/plain'}, qr/^A visit\s*$/, 'no text given: the text part is derived from the HTML');
+$w->term;
+kill 'TERM', $spid; close $sfh;
+
+$w = Ahava::Worker->start(name => 'mail-sink');
+$ids = add_jobs('email', { name => 'send-email', data => { to => 'z@example.com', subject => 'Sink', html => '<p>Read me</p>' }, opts => { attempts => 1 } });
+$seen = peer('watch', $URL, 'email', 4);
+my @sink = glob($w->dir . '/data/mail/*.eml');
+is(scalar @sink, 1, 'no SMTP_URL: the message is a file under AHAVA_DATA_DIR/mail');
+is(parse_eml($sink[0])->{subject}, 'Sink', '... a whole message a person can read');
+$w->term;
 
 kill 'TERM', $sink_pid;
 close $SINK;

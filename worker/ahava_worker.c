@@ -58,7 +58,7 @@ static void ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job,
     const char *err, double ms);
 static void ahava_runner_sent(ahava_runner_t *r);
 static void *ahava_keeper(void *arg);
-static void ahava_wait_ms(ahava_main_t *m, long ms);
+static void ahava_wait(ahava_main_t *m, long ms, int *flag);
 
 
 ahava_main_t  ahava_main;
@@ -243,6 +243,12 @@ main(int argc, char **argv)
             pthread_join(m->queues[i].runners[k].tid, NULL);
         }
     }
+
+    /* the keeper renewed the locks of the jobs finishing until now */
+    pthread_mutex_lock(&m->stop_lock);
+    m->keeper_stop = 1;
+    pthread_cond_broadcast(&m->stop_cond);
+    pthread_mutex_unlock(&m->stop_lock);
 
     pthread_join(m->keeper, NULL);
     ahava_http_stop(m);
@@ -735,8 +741,9 @@ ahava_now_ms(void)
 }
 
 
+/* sleeps ms, or less when *flag is set (stopping, or keeper_stop) */
 static void
-ahava_wait_ms(ahava_main_t *m, long ms)
+ahava_wait(ahava_main_t *m, long ms, int *flag)
 {
     struct timespec  ts;
 
@@ -751,7 +758,7 @@ ahava_wait_ms(ahava_main_t *m, long ms)
 
     pthread_mutex_lock(&m->stop_lock);
 
-    if (!m->stopping) {
+    if (!*flag) {
         pthread_cond_timedwait(&m->stop_cond, &m->stop_lock, &ts);
     }
 
@@ -803,7 +810,7 @@ ahava_runner(void *arg)
                 ahava_log_limited(&q->log_gate, "error",
                                   "redis unreachable", "{s:s,s:s}",
                                   "queue", q->name, "error", err);
-                ahava_wait_ms(m, backoff);
+                ahava_wait(m, backoff, &m->stopping);
                 backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
 
                 if (ahava_stopping(m) && r->nfin) {
@@ -832,7 +839,7 @@ ahava_runner(void *arg)
                               "{s:s,s:s}", "queue", q->name, "error", err);
             redisFree(r->t.redis);
             r->t.redis = NULL;
-            ahava_wait_ms(m, backoff);
+            ahava_wait(m, backoff, &m->stopping);
             continue;
         }
 
@@ -861,7 +868,8 @@ ahava_runner(void *arg)
         }
 
         if (out->limited_ms > 0) {
-            ahava_wait_ms(m, out->limited_ms > 1000 ? 1000 : out->limited_ms);
+            ahava_wait(m, out->limited_ms > 1000 ? 1000 : out->limited_ms,
+                       &m->stopping);
             continue;
         }
 
@@ -1148,12 +1156,12 @@ ahava_keeper(void *arg)
     next_extend = ahava_now_ms() + m->lock_ms / 2;
     next_stalled = 0;
 
-    while (!ahava_stopping(m)) {
+    while (!__atomic_load_n(&m->keeper_stop, __ATOMIC_SEQ_CST)) {
 
         if (c == NULL) {
             c = ahava_redis_connect(&m->redis, err, sizeof(err));
             if (c == NULL) {
-                ahava_wait_ms(m, 500);
+                ahava_wait(m, 500, &m->keeper_stop);
                 continue;
             }
         }
@@ -1212,7 +1220,8 @@ ahava_keeper(void *arg)
             }
         }
 
-        if (c && now >= next_stalled) {
+        /* a stopping process takes no job back: the others do */
+        if (c && now >= next_stalled && !ahava_stopping(m)) {
             next_stalled = now + m->stalled_ms;
 
             for (i = 0; i < m->nqueues; i++) {
@@ -1241,7 +1250,7 @@ ahava_keeper(void *arg)
         now = ahava_now_ms();
         n = (int) ((next_extend < next_stalled ? next_extend : next_stalled)
                    - now);
-        ahava_wait_ms(m, n < 10 ? 10 : n);
+        ahava_wait(m, n < 10 ? 10 : n, &m->keeper_stop);
     }
 
     if (c) {
@@ -1298,7 +1307,8 @@ ahava_vlog(const char *level, const char *msg, const char *fmt, va_list ap)
     json_object_set_new(o, "level", json_string(level));
     json_object_set_new(o, "msg", json_string(msg));
 
-    line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER
+                         | JSON_REAL_PRECISION(6));
     json_decref(o);
 
     if (line == NULL) {

@@ -125,7 +125,8 @@ struct ahava_main_s {
     int                 http_fd;
     int64_t             started;
 
-    int                 stopping;
+    int                 stopping;       /* runners: take no more jobs */
+    int                 keeper_stop;    /* the runners are done */
     pthread_mutex_t     stop_lock;
     pthread_cond_t      stop_cond;
 };

@@ -10,6 +10,8 @@
 //   node bullmq-peer.js watch  REDIS_URL QUEUE N         → QueueEvents (from the stream's start)
 //        until N jobs completed or failed: {completed:{id:returnvalue}, failed:{id:reason}, counts}
 //   node bullmq-peer.js job    REDIS_URL QUEUE ID        → Queue.getJob(ID) as JSON, with its state
+//   node bullmq-peer.js events REDIS_URL QUEUE [ID]      → the events stream (of one job):
+//        [{ms, event, jobId, ...fields}]
 //
 // Prints one JSON line on stdout; exits non-zero on failure or after
 // PEER_TIMEOUT_S seconds (20).
@@ -36,7 +38,9 @@ async function jobsOf(name) {
     for (const j of jobs) {
         out.push({ id: j.id, name: j.name, data: j.data, opts: j.opts,
                    state: await j.getState(), timestamp: j.timestamp,
-                   priority: j.priority });
+                   priority: j.priority, processedOn: j.processedOn,
+                   finishedOn: j.finishedOn, attemptsMade: j.attemptsMade,
+                   failedReason: j.failedReason, processedBy: j.processedBy });
     }
     await queue.close();
     return out;
@@ -100,6 +104,18 @@ async function main() {
             await finished;
             await qe.close();
             console.log(JSON.stringify({ completed, failed, counts: await queue.getJobCounts() }));
+        } else if (cmd === 'events') {
+            const IORedis = require('ioredis');
+            const client = new IORedis(connection);
+            const entries = await client.xrange(`bull:${queueName}:events`, '-', '+');
+            client.disconnect();
+            const out = [];
+            for (const [id, fields] of entries) {
+                const e = { ms: Number(id.split('-')[0]) };
+                for (let i = 0; i + 1 < fields.length; i += 2) e[fields[i]] = fields[i + 1];
+                if (!rest[0] || e.jobId === rest[0]) out.push(e);
+            }
+            console.log(JSON.stringify(out));
         } else if (cmd === 'job') {
             const job = await queue.getJob(rest[0]);
             console.log(JSON.stringify(job ? { ...job.toJSON(), state: await job.getState() } : null));

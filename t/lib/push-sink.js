@@ -9,7 +9,8 @@
 // decide the answer: one containing "unregistered" gets a DeviceNotRegistered
 // ticket; one containing "busy" makes the whole request 503 the first time
 // it is seen (and 200 after); one containing "throttle" gets 429 the first
-// two times; every other token gets {"status":"ok"}.
+// two times; one containing "slow" holds the answer 3 s the first time it
+// is seen; every other token gets {"status":"ok"}.
 'use strict';
 
 const fs = require('node:fs');
@@ -39,13 +40,16 @@ const server = http.createServer((req, res) => {
             if (String(m.to).includes('throttle') && times(m.to) <= 2) status = 429;
         }
         if (!Array.isArray(body)) status = 400;
+        const slow = msgs.some((m) => String(m.to).includes('slow') && times(m.to) === 1);
         const data = msgs.map((m) => String(m.to).includes('unregistered')
             ? { status: 'error', message: `"${m.to}" is not a registered push notification recipient`,
                 details: { error: 'DeviceNotRegistered' } }
             : { status: 'ok', id: `ticket-${Math.random().toString(16).slice(2)}` });
         const reply = status === 200 ? JSON.stringify({ data }) : JSON.stringify({ errors: [{ code: 'X', message: `status ${status}` }] });
-        res.writeHead(status, { 'content-type': 'application/json' });
-        res.end(reply);
+        setTimeout(() => {
+            res.writeHead(status, { 'content-type': 'application/json' });
+            res.end(reply);
+        }, slow ? 3000 : 0);
     });
 });
 server.keepAliveTimeout = 60000;

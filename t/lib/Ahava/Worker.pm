@@ -14,7 +14,7 @@ use strict;
 use warnings;
 
 use Carp qw(croak);
-use File::Path qw(make_path);
+use File::Path qw(make_path remove_tree);
 use JSON::PP ();
 use POSIX ();
 use Ahava::Test qw(env_value repo_root free_port poll_until);
@@ -35,6 +35,7 @@ sub start {
     my $name = $o{name} || 'worker';
     my ($num) = $0 =~ m{(\d{3})-[^/]*$};
     my $dir = "$TOP/t/servroot-" . ($num // 'x') . "-worker/$name";
+    remove_tree($dir);
     make_path($dir);
     my $port = free_port();
     my $self = bless { name => $name, dir => $dir, port => $port,
