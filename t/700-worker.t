@@ -5,14 +5,20 @@
 # daemons, stalled jobs after kill -9, SIGTERM, Redis restarted mid-run.
 use strict;
 use warnings;
+use utf8;
 use Test::More;
 use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use Ahava::Test;
 use Ahava::Worker;
 use Ahava::Test::Util qw(slurp);
+use Ahava::Messages ();
+use Digest::SHA ();
+use Encode ();
+use File::Temp ();
 
 setup(private_redis => 1, redis_appendonly => 1);
+binmode(Test::More->builder->$_, ':encoding(UTF-8)') for qw(output failure_output todo_output);
 
 my $JSON = JSON::PP->new->utf8->canonical;
 my $TOP = repo_root();
@@ -318,6 +324,101 @@ my @sink = glob($w->dir . '/data/mail/*.eml');
 is(scalar @sink, 1, 'no SMTP_URL: the message is a file under AHAVA_DATA_DIR/mail');
 is(parse_eml($sink[0])->{subject}, 'Sink', '... a whole message a person can read');
 $w->term;
+
+# --- the export flow end to end: POST export → PDF downloadable by its owner ------------------------
+my $DATA = File::Temp::tempdir('ahava-exports-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+mkdir "$DATA/uploads";
+mkdir "$DATA/uploads/$_" for qw(images documents exports);
+chmod 0777, $DATA, map { "$DATA/uploads/$_" } '', qw(images documents exports);
+my $nginx = start_nginx(<<'_EOC_', workers => 1, vars => { DATA => $DATA });
+ahava_database          env:DATABASE_URL;
+ahava_redis             env:REDIS_URL;
+ahava_jwt_secret        env:JWT_SECRET;
+ahava_encryption_key    env:ENCRYPTION_KEY;
+ahava_upload_root       $TEST_NGINX_DATA/uploads;
+
+server {
+    listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
+    server_name  _;
+    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505 /_ahava_error;
+    location /api/visits { ahava_visits; }
+    location /api/exports/ { ahava_visits; }
+    location /uploads/ {
+        ahava_download;
+        root              $TEST_NGINX_DATA;
+        disable_symlinks  on;
+    }
+    location = /_ahava_error { internal; ahava_error_page; }
+}
+_EOC_
+
+my $V = $ID{visit1};
+my ($vp, $vn, $vd) = @{ psql(qq{SELECT b."patientId", v."nurseId", v."doctorId" FROM visits v
+                                JOIN bookings b ON b.id = v."bookingId" WHERE v.id = '$V'})->[0] };
+psql(Encode::encode('UTF-8', qq{UPDATE users SET "firstName" = 'Zoë', "lastName" = 'Ngcobo' WHERE id = '$vp'}));
+psql(Encode::encode('UTF-8', qq{UPDATE users SET "firstName" = 'Şükrü', "lastName" = 'Çelik' WHERE id = '$vn'}));
+my @words = map { sprintf('word%04d', $_) } 1 .. 1800;
+my $report = join(' ', 'Wound dressed; patient comfortable.', @words, 'End of report.');
+my ($ct) = node_encrypt([$report]);
+psql(qq{UPDATE visits SET "nurseReport" = '$ct', "doctorReview" = 'Good care, follow up in a week.',
+        "doctorRating" = 4, "gpsCoordinates" = '[{"lat":-26.2041,"lng":28.0473,"timestamp":"2026-11-30T08:00:00.000Z"},
+        {"lat":-26.1952,"lng":28.0340,"timestamp":"2026-11-30T08:20:00.000Z"}]' WHERE id = '$V'});
+
+my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
+$w = Ahava::Worker->start(name => 'pdf', env => { AHAVA_DATA_DIR => $DATA }, opts => ['queues=pdf-export']);
+my $t0 = time;
+my $r = request(POST => "/api/visits/$V/export", as => $vp, headers => { 'Content-Type' => 'application/json' }, body => '{}');
+is($r->status, 202, 'POST /api/visits/:id/export: 202');
+my $eid = $r->json->{data}{exportJobId};
+my $row;
+ok(poll_until(20, sub { $row = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
+                        ($row->{status} // '') =~ /COMPLETED|FAILED/ }), 'the export finished');
+is($row->{status}, 'COMPLETED', '... COMPLETED');
+diag(sprintf('export done %.1f s after the POST', time - $t0));
+like($row->{fileUrl}, qr{^/uploads/exports/[^/]+\.pdf$}, '... with its fileUrl');
+my $dl = request(GET => $row->{fileUrl}, as => $vp);
+is($dl->status, 200, 'the owner downloads the PDF');
+like($dl->header('content-type'), qr{application/pdf}, '... as application/pdf');
+is(length $dl->raw, $row->{fileSize}, '... fileSize bytes');
+is(Digest::SHA::sha256_hex($dl->raw), $row->{checksum}, '... whose sha256 is the row\'s checksum');
+is(request(GET => $row->{fileUrl}, as => $vn)->status, 404, 'another participant: 404 (not the owner of the export)');
+my ($ready) = grep { ($_->{payload}{type} // '') eq 'EXPORT_READY' }
+              $sub->wait_for(5, sub { grep { ($_->{payload}{type} // '') eq 'EXPORT_READY' } @_ });
+ok($ready, 'EXPORT_READY published');
+is($ready->{user}, $vp, '... to the owner');
+is_deeply([@{ $ready->{payload}{data} }{qw(exportJobId fileUrl checksum)}], [$eid, $row->{fileUrl}, $row->{checksum}],
+          '... with the export id, the file and its checksum');
+
+my $pdf = "$DATA$row->{fileUrl}";
+my ($irc, $info) = run_capture(['pdfinfo', $pdf]);
+my ($pages) = $info =~ /^Pages:\s+(\d+)/m;
+cmp_ok($pages, '>', 1, "pdfinfo: a valid PDF of $pages pages");
+my ($trc, $text) = run_capture(['pdftotext', '-enc', 'UTF-8', $pdf, '-']);
+$text = Encode::decode('UTF-8', $text);
+like($text, qr/Zoë Ngcobo/, 'the patient\'s name, with its ë');
+like($text, qr/Şükrü Çelik/, 'the nurse\'s name, Ş ü and Ç included');
+like($text, qr/Good care, follow up in a week\./, 'the doctor\'s review');
+like($text, qr/\b4\s*\/\s*5\b/, 'the rating');
+my @found = $text =~ /\b(word\d{4})\b/g;
+is_deeply(\@found, \@words, 'the whole nurse report, every word in order across the pages');
+like($text, qr/End of report\./, '... to its end');
+unlike($text, qr/v2:[A-Za-z0-9+\/]{8}/, 'no ciphertext in the PDF');
+is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, 'no error on the row');
+
+# a job whose visit is gone: FAILED at once, with the reason
+my $bad = 'cexportbad00000000000001';
+psql(qq{INSERT INTO export_jobs (id, "userId", "userRole", type, filters, status)
+        VALUES ('$bad', '$vp', 'PATIENT', 'visit_report', '{"visitId":"nosuchvisit"}', 'PENDING')});
+$ids = add_jobs('pdf-export', { name => 'generate-pdf',
+    data => { exportJobId => $bad, userId => $vp, type => 'visit_report', filters => { visitId => 'nosuchvisit' } },
+    opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+$seen = peer('watch', $URL, 'pdf-export', 2);
+ok($seen->{failed}{ $ids->[0] }, 'the pdf job of a missing visit failed');
+my $badrow = request(GET => "/api/exports/$bad", as => $vp)->json->{data};
+is($badrow->{status}, 'FAILED', 'GET /api/exports/:id: FAILED');
+like($badrow->{error}, qr/visit/i, '... with the reason');
+is(job_of('pdf-export', $ids->[0])->{attemptsMade}, 1, '... at once: retrying cannot bring the visit back');
+is($w->term, 0, 'SIGTERM: exit 0');
 
 kill 'TERM', $sink_pid;
 close $SINK;

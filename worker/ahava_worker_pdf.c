@@ -11,8 +11,9 @@
  *
  * The row is claimed (PROCESSING), the visit is read in one statement
  * (its people, its booking, its history), the PDF is rendered with cairo
- * and pango into <uploads>/exports/visit-report-<exportJobId>.pdf through
- * a temporary file renamed into place, the row is completed and its owner
+ * and pango into <uploads>/exports/<ms>-<24 hex>.pdf (the stored form of
+ * SPEC §7, which the download check accepts; unguessable) through a
+ * temporary file renamed into place, the row is completed and its owner
  * gets EXPORT_READY.  A failure that is final leaves the row FAILED with
  * the reason in "error" (sql/007_export_failure.sql).
  */
@@ -33,8 +34,10 @@
 #include <pango/pangocairo.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "ahava_worker.h"
+#include "ahava_worker_run.h"
 
 
 #define AHAVA_PDF_ID_MAX        64
@@ -99,7 +102,7 @@ typedef struct {
     const char            *visit_id;
 
     gchar                 *dir;             /* <uploads>/exports */
-    gchar                 *name;            /* visit-report-<id>.pdf */
+    gchar                 *name;            /* <ms>-<24 hex>.pdf */
     gchar                 *path;
     gchar                 *part;            /* written, then renamed */
     gchar                 *file_url;
@@ -307,6 +310,7 @@ ahava_pdf_process(ahava_thread_t *t, ahava_job_t *job, char **result,
     ahava_job_rc_e      rc;
     ahava_pdf_job_t     j;
     ahava_pdf_visit_t   v;
+    unsigned char       rnd[12];
 
     *result = NULL;
 
@@ -350,7 +354,17 @@ ahava_pdf_process(ahava_thread_t *t, ahava_job_t *job, char **result,
     }
 
     j.dir = g_strdup_printf("%s/exports", dir);
-    j.name = g_strdup_printf("visit-report-%s.pdf", j.export_id);
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        snprintf(err, errlen, "no random bytes for the file name");
+        rc = AHAVA_JOB_RETRY;
+        goto failed;
+    }
+
+    j.name = g_strdup_printf("%013lld-%02x%02x%02x%02x%02x%02x%02x%02x"
+                             "%02x%02x%02x%02x.pdf",
+                             (long long) ahava_now_ms(), rnd[0], rnd[1],
+                             rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7],
+                             rnd[8], rnd[9], rnd[10], rnd[11]);
     j.path = g_strdup_printf("%s/%s", j.dir, j.name);
     j.part = g_strdup_printf("%s.%ld-%lu.part", j.path, (long) getpid(),
                              __atomic_add_fetch(&ahava_pdf_seq, 1,
