@@ -3,6 +3,7 @@
 #
 #   make            build/ngx_ahava_core_module.so
 #   make asan       build-asan/ngx_ahava_core_module.so with ASan + UBSan
+#   make worker     worker/ahava-worker, the daemon that drains the queues
 #   make unit       pure-C unit tests (TAP)
 #   make test       the whole suite (what README's test command runs)
 
@@ -15,7 +16,7 @@ ASAN_BUILD = $(TOP)/build-asan
 SAN_FLAGS  = -fsanitize=address,undefined -fno-omit-frame-pointer \
              -fno-sanitize-recover=undefined
 
-.PHONY: all asan unit test test-asan clean
+.PHONY: all asan worker unit test test-asan clean
 
 all: $(BUILD)/ngx_ahava_core_module.so
 
@@ -35,19 +36,25 @@ asan:
 	$(MAKE) BUILD=$(ASAN_BUILD) EXTRA_CFLAGS="$(SAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(SAN_FLAGS)" all
 
+worker:
+	$(MAKE) -C worker all
+
 unit:
 	$(MAKE) -C t/unit test
 
 test: all
 	bin/ahava test
 
-# the suite against the sanitizer build: libasan is preloaded into nginx
-# only (TEST_NGINX_ASAN), leaks are not checked because nginx does not free
-# its cycle pool at exit by design
+# the suite against the sanitizer builds: libasan is preloaded into nginx
+# only (TEST_NGINX_ASAN), leaks are not checked there because nginx does
+# not free its cycle pool at exit by design; ahava-worker runs as its ASan
+# build (AHAVA_WORKER_ASAN), leaks checked at its exit
 test-asan: asan
 	$(MAKE) -C t/unit asan test
+	$(MAKE) -C worker asan
 	TEST_NGINX_LOAD_MODULES=$(ASAN_BUILD)/ngx_ahava_core_module.so \
-	    TEST_NGINX_ASAN=1 prove -I t/lib -r t/
+	    TEST_NGINX_ASAN=1 AHAVA_WORKER_ASAN=1 prove -I t/lib -r t/
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+	$(MAKE) -C worker clean

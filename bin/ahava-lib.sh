@@ -11,6 +11,8 @@ PACKAGES=(
     libcrypt-jwt-perl libjson-pp-perl libtest-base-perl
     libprotocol-websocket-perl libhttp-tiny-perl
     imagemagick ghostscript zip libreoffice-writer-nogui chromium
+    libcurl4-openssl-dev libcairo2-dev libpango1.0-dev fonts-dejavu-core
+    poppler-utils python3-aiosmtpd openssl curl
 )
 
 log() { printf '\033[1mahava:\033[0m %s\n' "$*" >&2; }
@@ -36,8 +38,9 @@ install_deps() {
 }
 
 build() {
-    log "building the nginx module"
+    log "building the nginx module and ahava-worker"
     make -s -C "$TOP" all >/dev/null
+    make -s -C "$TOP/worker" all >/dev/null
     make -s -C "$TOP/t/unit" all >/dev/null
 }
 

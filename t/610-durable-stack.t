@@ -1,7 +1,9 @@
 # The embedded stack keeps what it accepted (SPEC §1, README "The two
 # commands"): `bin/ahava run` with its own PostgreSQL and Redis, stopped
 # with Ctrl-C and started again, and then with both services killed -9:
-# every committed message and every queued job is still there.  Its
+# every committed message and every queued job is still there (those runs
+# keep ahava-worker off, AHAVA_WORKER=0, so the jobs stay queued).  Then
+# with the daemon on: it drains the jobs kept, and Ctrl-C stops it too.  Its
 # PostgreSQL syncs commits (fsync, synchronous_commit) and its Redis keeps
 # an append-only file synced before it answers.
 use strict;
@@ -16,6 +18,7 @@ my $TOP = repo_root();
 my $DIR = tempdir('ahava-durable-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $DIR;
 my %PORT = (AHAVA_PORT => free_port(), AHAVA_PG_PORT => free_port(), AHAVA_REDIS_PORT => free_port());
+my $WORKER_PORT = free_port();
 my ($RUN, %ENVF);
 
 sub start_run {
@@ -28,6 +31,8 @@ sub start_run {
         $SIG{INT} = 'DEFAULT';
         $ENV{$_} = $PORT{$_} for keys %PORT;
         $ENV{AHAVA_DATA_DIR} = $DIR;
+        $ENV{AHAVA_WORKER} = 0;
+        $ENV{AHAVA_WORKER_METRICS} = "127.0.0.1:$WORKER_PORT";
         $ENV{$_} = $env{$_} for keys %env;
         delete @ENV{qw(DATABASE_URL REDIS_URL JWT_SECRET ENCRYPTION_KEY)};
         open(STDOUT, '>>', "$DIR/run.log");
@@ -105,5 +110,18 @@ is(sql("SELECT count(*) FROM messages WHERE id IN ('$m1', '$m2')"), 2, 'after th
 is(rcli('hget', "bull:push-notification:$j2", 'name'), 'send-push', "... and the job queued just before it ($j2)");
 is(rcli('hget', "bull:push-notification:$j1", 'name'), 'send-push', "... and the first one ($j1)");
 stop_run();
+
+# --- with ahava-worker: the jobs kept are drained; Ctrl-C stops the daemon too ----------------------
+start_run(AHAVA_SEED => 0, AHAVA_WORKER => 1);
+ok(poll_until(15, sub { `curl -fs http://127.0.0.1:$WORKER_PORT/health` =~ /"status":"ok"/ }),
+   'ahava-worker is up beside nginx (/health 200)');
+ok(poll_until(15, sub { rcli('zscore', 'bull:push-notification:completed', $j1) ne ''
+                        && rcli('zscore', 'bull:push-notification:completed', $j2) ne '' }),
+   'the jobs kept across the restarts are completed');
+my ($worker_pid) = (Ahava::Test::Util::slurp("$DIR/logs/worker.log") // '') =~ /"pid":(\d+)[^\n]*"ahava-worker started"/;
+ok($worker_pid && kill(0, $worker_pid), "the daemon's pid ($worker_pid)");
+stop_run();
+ok(!kill(0, $worker_pid), 'Ctrl-C: ahava-worker stopped');
+like(Ahava::Test::Util::slurp("$DIR/logs/worker.log"), qr/"ahava-worker stopped"/, '... after a clean drain');
 
 done_testing();

@@ -177,6 +177,11 @@ main(int argc, char **argv)
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+    /* a bad metrics_listen is a configuration error: before any job */
+    if (ahava_http_start(m) != 0) {
+        return 2;
+    }
+
     for (i = 0; i < m->nqueues; i++) {
         ahava_queue_t  *q = &m->queues[i];
 
@@ -209,9 +214,7 @@ main(int argc, char **argv)
         }
     }
 
-    if (pthread_create(&m->keeper, NULL, ahava_keeper, m) != 0
-        || ahava_http_start(m) != 0)
-    {
+    if (pthread_create(&m->keeper, NULL, ahava_keeper, m) != 0) {
         fprintf(stderr, "ahava-worker: cannot start\n");
         return 1;
     }
@@ -251,6 +254,8 @@ main(int argc, char **argv)
     pthread_mutex_unlock(&m->stop_lock);
 
     pthread_join(m->keeper, NULL);
+
+    /* /health answered "stopping" during the drain; now it goes */
     ahava_http_stop(m);
 
     ahava_log("info", "ahava-worker stopped", NULL);
@@ -457,6 +462,16 @@ ahava_conf_set(ahava_main_t *m, const char *key, const char *value,
             }
         }
 
+        for (i = 0; i < m->nqueues && !m->queues[i].enabled; i++) {
+            /* void */
+        }
+
+        if (i == m->nqueues) {
+            fprintf(stderr, "ahava-worker: %s: \"queues\" names no queue\n",
+                    where);
+            return -1;
+        }
+
         m->queues_set = 1;
         return 0;
     }
@@ -550,6 +565,14 @@ ahava_conf_file(ahava_main_t *m, const char *path)
             continue;
         }
 
+        /* "key = value   # a comment" */
+        for (e = k; *e; e++) {
+            if (*e == '#' && e > k && isspace((unsigned char) e[-1])) {
+                *e = '\0';
+                break;
+            }
+        }
+
         e = k + strlen(k);
         while (e > k && isspace((unsigned char) e[-1])) {
             *--e = '\0';
@@ -610,7 +633,8 @@ ahava_conf_env(ahava_main_t *m)
     for (i = 0; i < sizeof(env) / sizeof(env[0]); i++) {
         v = getenv(env[i][0]);
 
-        if (v && ahava_conf_set(m, env[i][1], v, env[i][0]) != 0) {
+        /* set but empty is unset, as for the nginx side's variables */
+        if (v && *v && ahava_conf_set(m, env[i][1], v, env[i][0]) != 0) {
             return -1;
         }
     }

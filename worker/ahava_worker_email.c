@@ -1372,9 +1372,12 @@ ahava_email_smtp(ahava_thread_t *t, const char *to, const char *sender,
                  errbuf[0] ? errbuf : curl_easy_strerror(cc));
     }
 
-    /* a 5xx reply is the server's final word; the rest may pass later */
-
-    rc = (code >= 500 && code <= 599) ? AHAVA_JOB_FATAL : AHAVA_JOB_RETRY;
+    /*
+     * a refused recipient or message is final; a refused login (535) is
+     * the configuration's fault, which may be mended before the retry
+     */
+    rc = (code >= 500 && code <= 599 && cc != CURLE_LOGIN_DENIED)
+         ? AHAVA_JOB_FATAL : AHAVA_JOB_RETRY;
 
 done:
 

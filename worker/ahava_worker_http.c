@@ -148,7 +148,7 @@ ahava_http_loop(void *arg)
     c = NULL;
     pg = NULL;
 
-    while (!__atomic_load_n(&m->stopping, __ATOMIC_SEQ_CST)) {
+    while (!__atomic_load_n(&m->keeper_stop, __ATOMIC_SEQ_CST)) {
         pfd.fd = m->http_fd;
         pfd.events = POLLIN;
 
@@ -204,6 +204,7 @@ ahava_http_redis_ok(ahava_main_t *m, redisContext **c)
 {
     redisReply  *r;
     char         err[AHAVA_ERR_LEN];
+    int          ok;
 
     if (*c == NULL) {
         *c = ahava_redis_connect(&m->redis, err, sizeof(err));
@@ -220,8 +221,11 @@ ahava_http_redis_ok(ahava_main_t *m, redisContext **c)
         return 0;
     }
 
+    /* -LOADING or -NOAUTH is not a Redis we can use */
+    ok = (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0);
     freeReplyObject(r);
-    return 1;
+
+    return ok;
 }
 
 
