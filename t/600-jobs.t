@@ -206,9 +206,9 @@ for my $c (@cases) {
     my $res = response(GET => "/api/exports/$id", as => 'patient1');
     api_ok($res, 'GET /api/exports/:id by its owner: 200');
     my $d = data_of($res) || {};
-    is_deeply([sort keys %$d], [sort qw(id type status filters fileUrl fileSize checksum createdAt completedAt)],
-              '... {id, type, status, filters, fileUrl, fileSize, checksum, createdAt, completedAt}');
-    is_deeply([@$d{qw(id type status fileUrl fileSize checksum completedAt)}], [$id, 'visit_report', 'PENDING', undef, undef, undef, undef],
+    is_deeply([sort keys %$d], [sort qw(id type status filters fileUrl fileSize checksum createdAt completedAt error)],
+              '... {id, type, status, filters, fileUrl, fileSize, checksum, createdAt, completedAt, error}');
+    is_deeply([@$d{qw(id type status fileUrl fileSize checksum completedAt error)}], [$id, 'visit_report', 'PENDING', undef, undef, undef, undef, undef],
               '... PENDING, no file yet');
     like($d->{createdAt} // '', qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, '... createdAt ISO-8601 UTC');
     psql(qq{UPDATE export_jobs SET status = 'COMPLETED', "fileUrl" = '/uploads/exports/r.pdf', "fileSize" = 1234,
