@@ -57,6 +57,7 @@ static void ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job,
     ahava_bq_job_t *bj, json_t *opts, ahava_job_rc_e rc, char *result,
     const char *err, double ms);
 static void ahava_runner_sent(ahava_runner_t *r);
+static void ahava_runner_backoff(ahava_runner_t *r, long *backoff);
 static void *ahava_keeper(void *arg);
 static void ahava_wait(ahava_main_t *m, long ms, int *flag);
 
@@ -97,8 +98,9 @@ static ahava_queue_t  ahava_queues[] = {
 int
 main(int argc, char **argv)
 {
-    ahava_main_t  *m = &ahava_main;
-    sigset_t       set;
+    ahava_main_t        *m = &ahava_main;
+    pthread_condattr_t   cattr;
+    sigset_t             set;
     int            c, sig, i, k;
     const char    *file;
 
@@ -110,8 +112,13 @@ main(int argc, char **argv)
     m->prefix = strdup("bull");
     m->metrics_listen = strdup("127.0.0.1:9465");
 
+    /* waits are timed on the monotonic clock: a clock step must not
+     * stall the lock renewal */
     pthread_mutex_init(&m->stop_lock, NULL);
-    pthread_cond_init(&m->stop_cond, NULL);
+    pthread_condattr_init(&cattr);
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->stop_cond, &cattr);
+    pthread_condattr_destroy(&cattr);
 
     file = getenv("AHAVA_WORKER_CONFIG");
 
@@ -756,6 +763,16 @@ ahava_conf_free(ahava_main_t *m)
 
 
 int64_t
+ahava_mono_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+int64_t
 ahava_now_ms(void)
 {
     struct timeval  tv;
@@ -771,7 +788,7 @@ ahava_wait(ahava_main_t *m, long ms, int *flag)
 {
     struct timespec  ts;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_sec += ms / 1000;
     ts.tv_nsec += (ms % 1000) * 1000000;
 
@@ -834,20 +851,9 @@ ahava_runner(void *arg)
                 ahava_log_limited(&q->log_gate, "error",
                                   "redis unreachable", "{s:s,s:s}",
                                   "queue", q->name, "error", err);
-                ahava_wait(m, backoff, &m->stopping);
-                backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
-
-                if (ahava_stopping(m) && r->nfin) {
-                    /* the jobs' locks run out: another worker redoes them */
-                    if (++r->stop_tries > 20) {
-                        ahava_runner_sent(r);
-                    }
-                }
-
+                ahava_runner_backoff(r, &backoff);
                 continue;
             }
-
-            backoff = 100;
         }
 
         fetch.n = ahava_stopping(m) ? 0 : r->batch;
@@ -861,11 +867,23 @@ ahava_runner(void *arg)
         if (rc != 0) {
             ahava_log_limited(&q->log_gate, "error", "queue step failed",
                               "{s:s,s:s}", "queue", q->name, "error", err);
-            redisFree(r->t.redis);
-            r->t.redis = NULL;
-            ahava_wait(m, backoff, &m->stopping);
+
+            /*
+             * an error reply (-MISCONF, -READONLY...) keeps the connection;
+             * a lost one is replaced.  Jobs the lost reply carried stay
+             * locked until their lock runs out; stalled recovery takes
+             * them back.
+             */
+            if (r->t.redis->err) {
+                redisFree(r->t.redis);
+                r->t.redis = NULL;
+            }
+
+            ahava_runner_backoff(r, &backoff);
             continue;
         }
+
+        backoff = 100;
 
         for (i = 0; i < r->nfin; i++) {
             if (r->fin[i].code != 0) {
@@ -915,6 +933,12 @@ ahava_runner(void *arg)
             continue;
         }
 
+        if (br->type == REDIS_REPLY_ERROR) {
+            ahava_log_limited(&q->log_gate, "error", "queue wait failed",
+                              "{s:s,s:s}", "queue", q->name, "error", br->str);
+            ahava_runner_backoff(r, &backoff);
+        }
+
         freeReplyObject(br);
     }
 
@@ -922,6 +946,29 @@ ahava_runner(void *arg)
     ngx_ahava_crypto_thread_done();
 
     return NULL;
+}
+
+
+/*
+ * After a failure: wait, longer each time (100 ms to 2 s).  While stopping
+ * with finishes not sent, give up after 20 failures: their locks run out
+ * and stalled recovery hands the jobs to another worker.
+ */
+static void
+ahava_runner_backoff(ahava_runner_t *r, long *backoff)
+{
+    ahava_main_t  *m = r->main;
+
+    /* a stopping runner still waits: on the flag that is set after it */
+    ahava_wait(m, *backoff, ahava_stopping(m) ? &m->keeper_stop
+                                              : &m->stopping);
+    *backoff = *backoff * 2 > 2000 ? 2000 : *backoff * 2;
+
+    if (ahava_stopping(m) && r->nfin && ++r->stop_tries > 20) {
+        ahava_log("error", "stopping without reporting finished jobs",
+                  "{s:s,s:i}", "queue", r->q->name, "jobs", r->nfin);
+        ahava_runner_sent(r);
+    }
 }
 
 
@@ -1173,11 +1220,11 @@ ahava_keeper(void *arg)
     const char      *tokens[AHAVA_BQ_MAX_BATCH * 10];
     char            *lost[AHAVA_BQ_MAX_BATCH * 10];
     char             err[AHAVA_ERR_LEN];
-    int64_t          now, next_extend, next_stalled;
+    int64_t          now, mono, next_extend, next_stalled;
     int              i, k, j, n, nlost, moved;
 
     c = NULL;
-    next_extend = ahava_now_ms() + m->lock_ms / 2;
+    next_extend = ahava_mono_ms() + m->lock_ms / 2;
     next_stalled = 0;
 
     while (!__atomic_load_n(&m->keeper_stop, __ATOMIC_SEQ_CST)) {
@@ -1191,9 +1238,10 @@ ahava_keeper(void *arg)
         }
 
         now = ahava_now_ms();
+        mono = ahava_mono_ms();
 
-        if (now >= next_extend) {
-            next_extend = now + m->lock_ms / 2;
+        if (mono >= next_extend) {
+            next_extend = mono + m->lock_ms / 2;
 
             for (i = 0; i < m->nqueues; i++) {
                 q = &m->queues[i];
@@ -1223,7 +1271,7 @@ ahava_keeper(void *arg)
                     redisFree(c);
                     c = NULL;
                     nlost = 0;
-                    next_extend = now + 1000;
+                    next_extend = mono + 1000;
                 }
 
                 for (j = 0; j < nlost; j++) {
@@ -1245,8 +1293,8 @@ ahava_keeper(void *arg)
         }
 
         /* a stopping process takes no job back: the others do */
-        if (c && now >= next_stalled && !ahava_stopping(m)) {
-            next_stalled = now + m->stalled_ms;
+        if (c && mono >= next_stalled && !ahava_stopping(m)) {
+            next_stalled = mono + m->stalled_ms;
 
             for (i = 0; i < m->nqueues; i++) {
                 q = &m->queues[i];
@@ -1263,7 +1311,7 @@ ahava_keeper(void *arg)
                               "queue", q->name, "error", err);
                     redisFree(c);
                     c = NULL;
-                    next_stalled = now + 1000;
+                    next_stalled = mono + 1000;
                     break;
                 }
 
@@ -1271,9 +1319,10 @@ ahava_keeper(void *arg)
             }
         }
 
-        now = ahava_now_ms();
-        n = (int) ((next_extend < next_stalled ? next_extend : next_stalled)
-                   - now);
+        /* while stopping only the locks matter: no stalled check is due */
+        mono = ahava_mono_ms();
+        n = (int) ((next_extend < next_stalled || ahava_stopping(m)
+                    ? next_extend : next_stalled) - mono);
         ahava_wait(m, n < 10 ? 10 : n, &m->keeper_stop);
     }
 

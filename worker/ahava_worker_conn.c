@@ -186,9 +186,17 @@ failed:
 PGconn *
 ahava_thread_pg(ahava_thread_t *t, char *err, size_t errlen)
 {
+    /*
+     * no statement may hold a job (and its renewed lock) for ever, and a
+     * dead peer behind a silent network is noticed by the keepalives
+     */
     const char  *keys[] = { "dbname", "connect_timeout", "application_name",
-                            NULL };
-    const char  *values[] = { NULL, "5", "ahava-worker", NULL };
+                            "options", "keepalives", "keepalives_idle",
+                            "keepalives_interval", "keepalives_count",
+                            "client_encoding", NULL };
+    const char  *values[] = { NULL, "5", "ahava-worker",
+                              "-c statement_timeout=60000", "1", "30", "10",
+                              "3", "UTF8", NULL };
 
     if (t->pg && PQstatus(t->pg) == CONNECTION_OK) {
         return t->pg;

@@ -187,10 +187,14 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
 
         tokens = json_array();
 
+        /* one entry per row, even if one did not parse: rows stay aligned */
         for (row = 0; row < PQntuples(res); row++) {
-            json_array_append_new(tokens,
-                                  json_loads(PQgetvalue(res, row, 1), 0,
-                                             NULL));
+            tok = json_loads(PQgetvalue(res, row, 1), 0, NULL);
+            json_array_append_new(tokens, json_is_array(tok) ? tok
+                                                            : json_array());
+            if (!json_is_array(tok)) {
+                json_decref(tok);
+            }
         }
 
         /* one message per token of each job's user */
@@ -237,11 +241,18 @@ answer:
             rcs[i] = AHAVA_JOB_FATAL;
             snprintf(errs[i], AHAVA_ERR_LEN, "%s", tally[i].reason);
 
-        } else if (tally[i].retry) {
+        } else if (tally[i].retry && tally[i].sent == 0) {
+            /* a retry sends to every token again: only when none got it */
             rcs[i] = AHAVA_JOB_RETRY;
             snprintf(errs[i], AHAVA_ERR_LEN, "%s", tally[i].reason);
 
         } else {
+            if (tally[i].retry) {
+                /* some devices have it: the others are counted, not retried */
+                tally[i].errors = tally[i].tokens - tally[i].sent
+                                  - tally[i].pruned;
+            }
+
             json_t  *o;
 
             rcs[i] = AHAVA_JOB_DONE;
@@ -307,7 +318,11 @@ ahava_push_prepare(ahava_thread_t *t, PGconn *pg, char *err, size_t errlen)
     for (i = 0; i < 2; i++) {
         res = PQprepare(pg, stmts[i][0], stmts[i][1], 0, NULL);
 
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        /* 42P05: prepared by an earlier, half-done attempt on this session */
+        if (PQresultStatus(res) != PGRES_COMMAND_OK
+            && strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE) ?: "", "42P05")
+               != 0)
+        {
             snprintf(err, errlen, "postgresql: %s",
                      PQresultErrorMessage(res));
             err[strcspn(err, "\n")] = '\0';

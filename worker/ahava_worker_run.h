@@ -135,7 +135,8 @@ struct ahava_main_s {
 extern ahava_main_t  ahava_main;
 
 
-int64_t ahava_now_ms(void);
+int64_t ahava_now_ms(void);      /* epoch ms, for Redis */
+int64_t ahava_mono_ms(void);     /* for our own schedules */
 void ahava_conf_free(ahava_main_t *m);
 void ahava_log_limited(ahava_log_gate_t *g, const char *level,
     const char *msg, const char *fmt, ...);
