@@ -132,6 +132,19 @@ is(psql_value(qq{SELECT array_to_string("pushTokens", ',') FROM users WHERE id =
 ok($seen->{completed}{ $ids->[1] }, 'a 503 from Expo: retried, then completed');
 is(job_of('push-notification', $ids->[1])->{attemptsMade}, 2, '... on the second attempt');
 like(job_of('push-notification', $ids->[1])->{stacktrace}[0], qr/503/, '... the first failure in its stacktrace');
+
+# MessageRateExceeded: retried when no device got it; completed when one did
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p2-ok]', 'ExponentPushToken[p2-ratelimited]'] WHERE id = '$P2'});
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-ratelimited]'] WHERE id = '$N1'});
+$ids = add_jobs('push-notification',
+    { name => 'send-push', data => { userId => $P2, title => 'Half', body => 'x' }, opts => \%FAST },
+    { name => 'send-push', data => { userId => $N1, title => 'None', body => 'x' }, opts => \%FAST });
+$seen = peer('watch', $URL, 'push-notification', 14);
+is_deeply($seen->{completed}{ $ids->[0] }, { tokens => 2, sent => 1, pruned => 0, errors => 1 },
+          'MessageRateExceeded on one device of two: completed, the other counted (no resend to the first)');
+is(job_of('push-notification', $ids->[0])->{attemptsMade}, 1, '... on its first attempt');
+like($seen->{failed}{ $ids->[1] }, qr/MessageRateExceeded/, 'on the only device: retried, then failed');
+is(job_of('push-notification', $ids->[1])->{attemptsMade}, 3, '... after its three attempts');
 is($w->term, 0, 'SIGTERM: exit 0');
 
 # --- retries: order and timing of the backoff, retries-exhausted, then FAILED --------------------

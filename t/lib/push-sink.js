@@ -10,7 +10,8 @@
 // ticket; one containing "busy" makes the whole request 503 the first time
 // it is seen (and 200 after); one containing "throttle" gets 429 the first
 // two times; one containing "slow" holds the answer 3 s the first time it
-// is seen; every other token gets {"status":"ok"}.
+// is seen; one containing "ratelimited" gets a MessageRateExceeded ticket;
+// every other token gets {"status":"ok"}.
 'use strict';
 
 const fs = require('node:fs');
@@ -44,6 +45,8 @@ const server = http.createServer((req, res) => {
         const data = msgs.map((m) => String(m.to).includes('unregistered')
             ? { status: 'error', message: `"${m.to}" is not a registered push notification recipient`,
                 details: { error: 'DeviceNotRegistered' } }
+            : String(m.to).includes('ratelimited')
+            ? { status: 'error', message: 'too many messages', details: { error: 'MessageRateExceeded' } }
             : { status: 'ok', id: `ticket-${Math.random().toString(16).slice(2)}` });
         const reply = status === 200 ? JSON.stringify({ data }) : JSON.stringify({ errors: [{ code: 'X', message: `status ${status}` }] });
         setTimeout(() => {
