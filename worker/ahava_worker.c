@@ -37,7 +37,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
 
 
 #define AHAVA_ITEM_LEN        64
@@ -74,20 +73,23 @@ static ahava_queue_t  ahava_queues[] = {
      */
 #define AHAVA_KEEP_ALL  { .count = -1, .age = 0, .limit = 1000 }
 
-    { .name = "pdf-export", .job_name = "generate-pdf", .concurrency = 2,
+    /* generate-pdf: its export row must say FAILED even when it never ran */
+    { .name = "pdf-export", .concurrency = 2,
       .rate_max = 10, .rate_duration = 60000, .batch = 1,
-      .process = ahava_pdf_process,
+      .process = ahava_pdf_process, .give_up = ahava_pdf_give_up,
       .keep_completed = AHAVA_KEEP_ALL, .keep_failed = AHAVA_KEEP_ALL },
 
-    { .name = "email", .job_name = "send-email", .concurrency = 5,
+    /* send-email */
+    { .name = "email", .concurrency = 5,
       .rate_max = 100, .rate_duration = 60000, .batch = 1,
       .process = ahava_email_process,
       .keep_completed = AHAVA_KEEP_ALL, .keep_failed = AHAVA_KEEP_ALL },
 
-    /* Expo takes 100 messages a request: a runner sends its jobs together */
-    { .name = "push-notification", .job_name = "send-push",
-      .concurrency = 10, .rate_max = 100, .rate_duration = 60000,
-      .batch = 5, .process = ahava_push_process,
+    /* send-push; Expo takes 100 messages a request: a runner sends its
+     * jobs together */
+    { .name = "push-notification", .concurrency = 10,
+      .rate_max = 100, .rate_duration = 60000, .batch = 5,
+      .process = ahava_push_process,
       .process_batch = ahava_push_process_batch,
       .keep_completed = AHAVA_KEEP_ALL, .keep_failed = AHAVA_KEEP_ALL },
 
@@ -655,7 +657,7 @@ ahava_conf_finish(ahava_main_t *m)
 {
     ahava_conf_t   *conf = m->conf;
     ahava_queue_t  *q;
-    unsigned char   rnd[8];
+    char            rnd[17];
     char            host[256], buf[1024];
     int             i, k;
 
@@ -686,13 +688,12 @@ ahava_conf_finish(ahava_main_t *m)
         return -1;
     }
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    /* lock tokens: <random>-<pid>:<n>, opaque to BullMQ */
+    if (ahava_random_hex(rnd, 8) != 0) {
         return -1;
     }
 
-    snprintf(m->token_base, sizeof(m->token_base),
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%d",
-             rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7],
+    snprintf(m->token_base, sizeof(m->token_base), "%s-%d", rnd,
              (int) getpid());
 
     if (m->worker_name == NULL) {
@@ -1041,21 +1042,20 @@ ahava_runner_jobs(ahava_runner_t *r, ahava_bq_fetched_t *out)
         jobs[i].attempts = json_is_integer(a) ? json_integer_value(a) : 0;
         jobs[i].last_attempt = (bj->atm + 1 >= jobs[i].attempts);
 
+        jobs[i].data = json_loads(bj->data, 0, NULL);
+
         if (bj->defa[0]) {
             /* stalled too often (§8): failed at once, never run again */
             rcs[i] = AHAVA_JOB_FATAL;
             snprintf(errs[i], AHAVA_ERR_LEN, "%s", bj->defa);
             jobs[i].last_attempt = 1;
 
-            if (q->process == ahava_pdf_process) {
-                jobs[i].data = json_loads(bj->data, 0, NULL);
-                ahava_pdf_give_up(&r->t, &jobs[i], bj->defa);
+            if (q->give_up) {
+                q->give_up(&r->t, &jobs[i], bj->defa);
             }
 
             continue;
         }
-
-        jobs[i].data = json_loads(bj->data, 0, NULL);
 
         if (jobs[i].data == NULL) {
             rcs[i] = AHAVA_JOB_FATAL;

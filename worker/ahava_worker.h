@@ -127,5 +127,10 @@ void ahava_log(const char *level, const char *msg, const char *fmt, ...);
 /* ISO 8601 UTC with milliseconds, as the API shows times: buf >= 32 */
 char *ahava_iso_now(char *buf, size_t len);
 
+/* ahava_worker_util.c */
+int ahava_valid_id(const char *s);              /* SPEC §4: 1 or 0 */
+int ahava_random_hex(char *out, size_t nbytes); /* 0 or -1 */
+int ahava_mkdirs(const char *dir);              /* mkdir -p: 0 or -1 */
+
 
 #endif /* _AHAVA_WORKER_H_INCLUDED_ */

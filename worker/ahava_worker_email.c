@@ -22,7 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
 
 #include "ahava_worker.h"
 
@@ -94,7 +93,6 @@ static int ahava_email_string(json_t *data, const char *key, int optional,
 static int ahava_email_sender(const char *from, char *addr, size_t size);
 static void ahava_email_domain(const char *addr, char *domain, size_t size);
 static void ahava_email_sanitize_id(const char *id, char *out, size_t size);
-static int ahava_email_random_hex(char *out, size_t nbytes);
 
 static int ahava_email_build(ahava_email_buf_t *b, ahava_email_input_t *in,
     const char *from, const char *message_id, const struct tm *tm);
@@ -118,7 +116,6 @@ static void ahava_email_text_break(ahava_email_text_t *tx, int n, int add);
 static ahava_job_rc_e ahava_email_sink(ahava_thread_t *t, const char *id,
     const struct tm *tm, ahava_email_buf_t *msg, char **path, char *err,
     size_t errlen);
-static int ahava_email_mkdirs(char *dir);
 static int ahava_email_write(const char *path, ahava_email_buf_t *msg);
 
 static ahava_job_rc_e ahava_email_smtp(ahava_thread_t *t, const char *to,
@@ -192,7 +189,7 @@ ahava_email_process(ahava_thread_t *t, ahava_job_t *job, char **result,
 
     if (clock_gettime(CLOCK_REALTIME, &ts) != 0
         || gmtime_r(&ts.tv_sec, &tm) == NULL
-        || ahava_email_random_hex(rnd, 8) != 0)
+        || ahava_random_hex(rnd, 8) != 0)
     {
         snprintf(err, errlen, "no clock or no randomness for the message");
         rc = AHAVA_JOB_RETRY;
@@ -502,27 +499,6 @@ ahava_email_sanitize_id(const char *id, char *out, size_t size)
 
 
 static int
-ahava_email_random_hex(char *out, size_t nbytes)
-{
-    size_t  i;
-    u_char  buf[32];
-
-    if (nbytes > sizeof(buf) || RAND_bytes(buf, (int) nbytes) != 1) {
-        return -1;
-    }
-
-    for (i = 0; i < nbytes; i++) {
-        out[2 * i] = "0123456789abcdef"[buf[i] >> 4];
-        out[2 * i + 1] = "0123456789abcdef"[buf[i] & 0x0f];
-    }
-
-    out[2 * nbytes] = '\0';
-
-    return 0;
-}
-
-
-static int
 ahava_email_build(ahava_email_buf_t *b, ahava_email_input_t *in,
     const char *from, const char *message_id, const struct tm *tm)
 {
@@ -530,7 +506,7 @@ ahava_email_build(ahava_email_buf_t *b, ahava_email_input_t *in,
     char  boundary[48];
     char  date[48];
 
-    if (ahava_email_random_hex(rnd, 12) != 0) {
+    if (ahava_random_hex(rnd, 12) != 0) {
         return -1;
     }
 
@@ -1114,7 +1090,7 @@ ahava_email_sink(ahava_thread_t *t, const char *id, const struct tm *tm,
              tm->tm_min, tm->tm_sec, id);
     snprintf(part, len, "%s.part", file);
 
-    if (ahava_email_mkdirs(dir) != 0) {
+    if (ahava_mkdirs(dir) != 0) {
         snprintf(err, errlen, "mail sink: mkdir \"%s\": %m", dir);
         goto failed;
     }
@@ -1147,36 +1123,6 @@ failed:
     free(part);
 
     return AHAVA_JOB_RETRY;
-}
-
-
-/* mkdir -p */
-
-static int
-ahava_email_mkdirs(char *dir)
-{
-    char  *p;
-
-    for (p = dir + 1; *p; p++) {
-        if (*p != '/') {
-            continue;
-        }
-
-        *p = '\0';
-
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-            *p = '/';
-            return -1;
-        }
-
-        *p = '/';
-    }
-
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        return -1;
-    }
-
-    return 0;
 }
 
 

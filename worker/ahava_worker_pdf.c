@@ -34,13 +34,11 @@
 #include <pango/pangocairo.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "ahava_worker.h"
 #include "ahava_worker_run.h"
 
 
-#define AHAVA_PDF_ID_MAX        64
 #define AHAVA_PDF_TYPE          "visit_report"
 #define AHAVA_PDF_FONT          "DejaVu Sans"
 #define AHAVA_PDF_DECRYPT_FAIL  "[report could not be decrypted]"
@@ -155,7 +153,6 @@ typedef struct {
 
 
 static const char *ahava_pdf_data_id(json_t *obj, const char *key);
-static int ahava_pdf_valid_id(const char *s);
 static ahava_job_rc_e ahava_pdf_claim(PGconn *pg, ahava_pdf_job_t *j,
     int *done, char *err, size_t errlen);
 static ahava_job_rc_e ahava_pdf_load(ahava_thread_t *t, PGconn *pg,
@@ -189,7 +186,6 @@ static void ahava_pdf_footer(ahava_pdf_doc_t *d);
 static gchar *ahava_pdf_clean(const char *s, size_t len, int oneline);
 static const char *ahava_pdf_value(PGresult *res, int col);
 static const char *ahava_pdf_time(const char *iso, char *buf, size_t len);
-static int ahava_pdf_mkdirs(const char *dir);
 static ahava_job_rc_e ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j,
     char *err, size_t errlen);
 static ahava_job_rc_e ahava_pdf_publish(ahava_thread_t *t,
@@ -310,7 +306,7 @@ ahava_pdf_process(ahava_thread_t *t, ahava_job_t *job, char **result,
     ahava_job_rc_e      rc;
     ahava_pdf_job_t     j;
     ahava_pdf_visit_t   v;
-    unsigned char       rnd[12];
+    char                rnd[25];
 
     *result = NULL;
 
@@ -354,17 +350,14 @@ ahava_pdf_process(ahava_thread_t *t, ahava_job_t *job, char **result,
     }
 
     j.dir = g_strdup_printf("%s/exports", dir);
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (ahava_random_hex(rnd, 12) != 0) {
         snprintf(err, errlen, "no random bytes for the file name");
         rc = AHAVA_JOB_RETRY;
         goto failed;
     }
 
-    j.name = g_strdup_printf("%013lld-%02x%02x%02x%02x%02x%02x%02x%02x"
-                             "%02x%02x%02x%02x.pdf",
-                             (long long) ahava_now_ms(), rnd[0], rnd[1],
-                             rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7],
-                             rnd[8], rnd[9], rnd[10], rnd[11]);
+    j.name = g_strdup_printf("%013lld-%s.pdf", (long long) ahava_now_ms(),
+                             rnd);
     j.path = g_strdup_printf("%s/%s", j.dir, j.name);
     j.part = g_strdup_printf("%s.%ld-%lu.part", j.path, (long) getpid(),
                              __atomic_add_fetch(&ahava_pdf_seq, 1,
@@ -451,33 +444,7 @@ ahava_pdf_data_id(json_t *obj, const char *key)
 
     s = json_string_value(json_object_get(obj, key));
 
-    return ahava_pdf_valid_id(s) ? s : NULL;
-}
-
-
-/* 1-64 of [A-Za-z0-9_-]: it goes into a file name */
-static int
-ahava_pdf_valid_id(const char *s)
-{
-    size_t  i;
-
-    if (s == NULL) {
-        return 0;
-    }
-
-    for (i = 0; s[i]; i++) {
-        if (i == AHAVA_PDF_ID_MAX) {
-            return 0;
-        }
-
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')
-              || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
-        {
-            return 0;
-        }
-    }
-
-    return i > 0;
+    return ahava_valid_id(s) ? s : NULL;
 }
 
 
@@ -742,7 +709,7 @@ ahava_pdf_write(ahava_thread_t *t, ahava_pdf_job_t *j, ahava_pdf_visit_t *v,
     ahava_pdf_out_t    out;
     cairo_surface_t   *surface;
 
-    if (ahava_pdf_mkdirs(j->dir) != 0) {
+    if (ahava_mkdirs(j->dir) != 0) {
         snprintf(err, errlen, "mkdir \"%s\": %s", j->dir, strerror(errno));
         return AHAVA_JOB_RETRY;
     }
@@ -1477,47 +1444,6 @@ ahava_pdf_time(const char *iso, char *buf, size_t len)
     snprintf(buf, len, "%.10s %.8s UTC", iso, iso + 11);
 
     return buf;
-}
-
-
-/* mkdir -p */
-static int
-ahava_pdf_mkdirs(const char *dir)
-{
-    int     rc, end;
-    char   *path, *p;
-
-    path = g_strdup(dir);
-    rc = 0;
-
-    for (p = path + 1; ; p++) {
-        if (*p != '/' && *p != '\0') {
-            continue;
-        }
-
-        end = (*p == '\0');
-
-        if (p[-1] != '/') {
-            *p = '\0';
-
-            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-                rc = -1;
-                break;
-            }
-
-            if (!end) {
-                *p = '/';
-            }
-        }
-
-        if (end) {
-            break;
-        }
-    }
-
-    g_free(path);
-
-    return rc;
 }
 
 

@@ -60,7 +60,6 @@ typedef struct {
 } ahava_push_tally_t;
 
 
-static int ahava_push_valid_id(const char *s);
 static int ahava_push_prepare(ahava_thread_t *t, PGconn *pg, char *err,
     size_t errlen);
 static int ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs,
@@ -129,7 +128,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
 
         user = json_string_value(json_object_get(d, "userId"));
 
-        if (!json_is_object(d) || user == NULL || !ahava_push_valid_id(user)
+        if (!json_is_object(d) || user == NULL || !ahava_valid_id(user)
             || !json_is_string(json_object_get(d, "title"))
             || !json_is_string(json_object_get(d, "body"))
             || (json_object_get(d, "data")
@@ -280,23 +279,6 @@ done:
     free(ids);
 
     return n ? rcs[0] : AHAVA_JOB_DONE;
-}
-
-
-static int
-ahava_push_valid_id(const char *s)
-{
-    size_t  i;
-
-    for (i = 0; s[i]; i++) {
-        if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z')
-              || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
-        {
-            return 0;
-        }
-    }
-
-    return i > 0 && i <= 64;
 }
 
 

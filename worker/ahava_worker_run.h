@@ -30,6 +30,10 @@ typedef ahava_job_rc_e (*ahava_batch_pt)(ahava_thread_t *t,
     char (*errs)[AHAVA_ERR_LEN]);
 
 
+typedef void (*ahava_give_up_pt)(ahava_thread_t *t, ahava_job_t *job,
+    const char *reason);
+
+
 typedef struct {
     int64_t          last;
     long             held;
@@ -82,13 +86,13 @@ typedef struct {
 
 struct ahava_queue_s {
     const char         *name;
-    const char         *job_name;
     int                 concurrency;
     int                 rate_max;
     int                 rate_duration;
     int                 batch;
     ahava_process_pt    process;
     ahava_batch_pt      process_batch;
+    ahava_give_up_pt    give_up;        /* a job failed without running */
     ahava_bq_keep_t     keep_completed;
     ahava_bq_keep_t     keep_failed;
 

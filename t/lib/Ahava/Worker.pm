@@ -48,8 +48,7 @@ sub start {
         ENCRYPTION_KEY => env_value('ENCRYPTION_KEY'),
         AHAVA_DATA_DIR => "$dir/data",
         AHAVA_WORKER_METRICS => "127.0.0.1:$port",
-        ASAN_OPTIONS => 'detect_leaks=1:abort_on_error=0:exitcode=86'
-                        . ':suppressions=' . "$TOP/worker/asan.supp",
+        ASAN_OPTIONS => 'detect_leaks=1:abort_on_error=0:exitcode=86',
         LSAN_OPTIONS => "suppressions=$TOP/worker/lsan.supp:print_suppressions=0",
         UBSAN_OPTIONS => 'print_stacktrace=1:halt_on_error=1',
         %{ $o{env} || {} },
