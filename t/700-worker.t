@@ -431,6 +431,8 @@ my $badrow = request(GET => "/api/exports/$bad", as => $vp)->json->{data};
 is($badrow->{status}, 'FAILED', 'GET /api/exports/:id: FAILED');
 like($badrow->{error}, qr/visit/i, '... with the reason');
 is(job_of('pdf-export', $ids->[0])->{attemptsMade}, 1, '... at once: retrying cannot bring the visit back');
+my @files = glob("$DATA/uploads/exports/*");
+is_deeply(\@files, [$pdf], '... and left no file behind: the exports directory holds only the first report');
 is($w->term, 0, 'SIGTERM: exit 0');
 
 kill 'TERM', $sink_pid;
