@@ -12,7 +12,7 @@ PACKAGES=(
     libprotocol-websocket-perl libhttp-tiny-perl
     imagemagick ghostscript zip libreoffice-writer-nogui chromium
     libcurl4-openssl-dev libcairo2-dev libpango1.0-dev fonts-dejavu-core
-    poppler-utils python3-aiosmtpd openssl curl
+    poppler-utils python3-aiosmtpd openssl curl prometheus
 )
 
 log() { printf '\033[1mahava:\033[0m %s\n' "$*" >&2; }

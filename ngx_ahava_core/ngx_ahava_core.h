@@ -291,6 +291,9 @@ typedef struct {
     ngx_msec_t                 user_cache_ttl;
     ngx_uint_t                 user_cache_size;
 
+    ngx_array_t                route_tables;    /* of ngx_ahava_route_t *:
+                                                   counted by the metrics */
+
     /* per worker, built in init_process */
     ngx_ahava_pg_pool_t       *pg;
     ngx_ahava_redis_t         *redis;
@@ -429,6 +432,8 @@ ngx_int_t ngx_ahava_pg_background(ngx_ahava_pg_pool_t *pool,
     ngx_ahava_pg_query_t *q);
 void ngx_ahava_pg_cancel(ngx_ahava_pg_query_t *q);
 ngx_int_t ngx_ahava_pg_healthy(ngx_ahava_pg_pool_t *pool);
+void ngx_ahava_pg_stats(ngx_ahava_pg_pool_t *pool, ngx_uint_t *conns,
+    ngx_uint_t *busy, ngx_uint_t *waiters);
 
 /* Redis (ngx_ahava_redis.c) */
 typedef void (*ngx_ahava_redis_ready_pt)(ngx_ahava_redis_t *redis,
@@ -553,6 +558,47 @@ ngx_int_t ngx_ahava_audit_declare(ngx_conf_t *cf);
                              "m.meta::text", "m.t")                          \
     ", m.t FROM " from ", LATERAL (SELECT " meta " AS meta,"                  \
     " LOCALTIMESTAMP(3) AS t) m)"
+
+
+/* Prometheus metrics in a shared memory zone (ngx_ahava_metrics.c) */
+typedef enum {                                  /* counters of the zone */
+    NGX_AHAVA_M_PG_REJECTED = 0,
+    NGX_AHAVA_M_PG_RECONNECTS,
+    NGX_AHAVA_M_REDIS_RECONNECTS,
+    NGX_AHAVA_M_EVENTS_PUBLISHED,
+    NGX_AHAVA_M_EVENTS_LATE,
+    NGX_AHAVA_M_OUTBOX_RELAYED,
+    NGX_AHAVA_M_OUTBOX_DEPTH,                   /* a gauge, set */
+    NGX_AHAVA_M_UPLOADS_ACCEPTED,
+    NGX_AHAVA_M_UPLOADS_TOO_LARGE,
+    NGX_AHAVA_M_UPLOADS_UNSUPPORTED,
+    NGX_AHAVA_M_UPLOADS_INVALID,
+    NGX_AHAVA_M_UPLOADS_FAILED,
+    NGX_AHAVA_M_N
+} ngx_ahava_metric_e;
+
+typedef enum {                                  /* gauges of a worker */
+    NGX_AHAVA_G_PG_CONNECTIONS = 0,
+    NGX_AHAVA_G_PG_BUSY,
+    NGX_AHAVA_G_PG_WAITERS,
+    NGX_AHAVA_G_REDIS_CONNECTED,
+    NGX_AHAVA_G_WS_SOCKETS,
+    NGX_AHAVA_G_WS_USERS,
+    NGX_AHAVA_G_N
+} ngx_ahava_gauge_e;
+
+ngx_int_t ngx_ahava_metrics_conf(ngx_conf_t *cf,
+    ngx_ahava_main_conf_t *amcf);
+ngx_int_t ngx_ahava_metrics_add_routes(ngx_conf_t *cf,
+    ngx_ahava_route_t *routes);
+ngx_int_t ngx_ahava_metrics_init_process(ngx_cycle_t *cycle);
+void ngx_ahava_metrics_exit_process(void);
+ngx_int_t ngx_ahava_metrics_log_handler(ngx_http_request_t *r);
+char *ngx_ahava_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_ahava_metrics_count(ngx_uint_t counter, ngx_uint_t n);
+void ngx_ahava_metrics_set(ngx_uint_t counter, ngx_uint_t value);
+void ngx_ahava_metrics_gauge(ngx_uint_t gauge, ngx_int_t delta);
 
 
 /* GET /health and the JSON error page (ngx_ahava_health.c) */

@@ -135,6 +135,13 @@ static ngx_command_t  ngx_ahava_core_commands[] = {
       0,
       ngx_ahava_health_routes },
 
+    { ngx_string("ahava_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_ahava_metrics_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("ahava_error_page"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_ahava_conf_set_routes,
@@ -197,7 +204,10 @@ ngx_ahava_create_main_conf(ngx_conf_t *cf)
     amcf->user_cache_size = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&amcf->stmts, cf->pool, 64, sizeof(ngx_ahava_stmt_t *))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&amcf->route_tables, cf->pool, 8,
+                          sizeof(ngx_ahava_route_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -274,6 +284,20 @@ ngx_ahava_postconfiguration(ngx_conf_t *cf)
     }
 
     *h = ngx_ahava_access_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_ahava_metrics_log_handler;
+
+    if (ngx_ahava_metrics_conf(cf, ngx_http_conf_get_module_main_conf(cf,
+                                   ngx_ahava_core_module))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (ngx_ahava_auth_declare(cf) != NGX_OK
         || ngx_ahava_audit_declare(cf) != NGX_OK
@@ -664,6 +688,10 @@ ngx_ahava_conf_set_routes(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    if (ngx_ahava_metrics_add_routes(cf, cmd->post) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     alcf->routes = cmd->post;
     clcf->handler = ngx_ahava_api_handler;
 
@@ -685,6 +713,10 @@ ngx_ahava_conf_set_access(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (alcf->access_routes) {
         return "is duplicate";
+    }
+
+    if (ngx_ahava_metrics_add_routes(cf, cmd->post) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     alcf->access_routes = cmd->post;
@@ -962,6 +994,10 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_ahava_metrics_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (amcf->pg_keywords) {
         amcf->pg = ngx_ahava_pg_pool_create(cycle, amcf);
         if (amcf->pg == NULL) {
@@ -1018,6 +1054,7 @@ ngx_ahava_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_ahava_metrics_exit_process();
     ngx_ahava_outbox_exit();
 
     if (amcf->audit) {

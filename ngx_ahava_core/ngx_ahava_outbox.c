@@ -55,7 +55,9 @@ enum {
     NGX_AHAVA_OB_SECRET,
     NGX_AHAVA_OB_TIME,
     NGX_AHAVA_OB_JOBS,                          /* NULL: no job */
-    NGX_AHAVA_OB_FLOOR                          /* the lowest id left */
+    NGX_AHAVA_OB_FLOOR,                         /* the lowest id left */
+    NGX_AHAVA_OB_DEPTH                          /* rows left, for the
+                                                   metrics (the sweep's) */
 };
 
 /* the script's arguments: EVAL, the script, no keys, now, the floor; per
@@ -210,14 +212,15 @@ static ngx_ahava_stmt_t  ngx_ahava_outbox_stmts[] = {
 
     { ngx_string("outbox rows"),
       NGX_AHAVA_OUTBOX_GONE
-      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint"
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint, NULL::bigint"
       " FROM ahava_outbox o WHERE o.id = ANY($1::bigint[]) ORDER BY o.id",
       2, 0, "" },
 
     { ngx_string("outbox backlog"),
       NGX_AHAVA_OUTBOX_GONE
-      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", f.floor"
-      " FROM (SELECT min(id) AS floor FROM ahava_outbox) f"
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", f.floor, f.depth"
+      " FROM (SELECT min(id) AS floor, (SELECT count(*) FROM (SELECT"
+      " FROM ahava_outbox LIMIT 100000) d) AS depth FROM ahava_outbox) f"
       " LEFT JOIN LATERAL (SELECT * FROM ahava_outbox"
       " WHERE \"createdAt\" <= LOCALTIMESTAMP(3)"
       " - $1::int * interval '1 millisecond' AND id <> ALL($2::bigint[])"
@@ -248,6 +251,7 @@ typedef struct {
                                                    left, as the last sweep
                                                    saw it */
     ngx_uint_t                 nrows;
+    ngx_uint_t                 nevents;         /* rows with an event */
     ngx_msec_t                 started;         /* the read was sent */
 
     ngx_event_t                sweep;
@@ -689,6 +693,12 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
 
     nrows = PQntuples(res);
 
+    if (o->sweeping && nrows) {
+        /* what the relay still owes Redis, as this sweep saw it */
+        rc = ngx_ahava_pg_int(res, 0, NGX_AHAVA_OB_DEPTH);
+        ngx_ahava_metrics_set(NGX_AHAVA_M_OUTBOX_DEPTH, rc > 0 ? rc : 0);
+    }
+
     if (nrows && !PQgetisnull(res, 0, NGX_AHAVA_OB_FLOOR)) {
         ngx_cpystrn(o->floor,
                     (u_char *) PQgetvalue(res, 0, NGX_AHAVA_OB_FLOOR),
@@ -745,6 +755,10 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
         o->batch[row] = ngx_atoof((u_char *) PQgetvalue(res, row,
                                                         NGX_AHAVA_OB_ID),
                                   PQgetlength(res, row, NGX_AHAVA_OB_ID));
+
+        if (!PQgetisnull(res, row, NGX_AHAVA_OB_TOPIC)) {
+            o->nevents++;
+        }
         o->last = o->batch[row];
 
         argv[i] = PQgetvalue(res, row, NGX_AHAVA_OB_ID);
@@ -995,6 +1009,18 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
 
     /* deleted by the next cycle's statement; beyond the bound, they stay
      * until read again (and skipped) */
+    if (rr->type == REDIS_REPLY_INTEGER && rr->integer > 0) {
+        /* rows another relay sent first are not counted twice */
+        n = (ngx_uint_t) rr->integer;
+        ngx_ahava_metrics_count(NGX_AHAVA_M_OUTBOX_RELAYED, n);
+        ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_PUBLISHED,
+                                ngx_min(n, o->nevents));
+
+        if (o->sweeping) {
+            ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_LATE, n);
+        }
+    }
+
     n = ngx_min(o->nrows, NGX_AHAVA_OUTBOX_PENDING - o->sent.n);
     ngx_memcpy(o->sent.ids + o->sent.n, o->batch, n * sizeof(int64_t));
     o->sent.n += n;
@@ -1045,6 +1071,7 @@ ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok)
     o->running = 0;
     o->query = NULL;
     o->nrows = 0;
+    o->nevents = 0;
     o->batch = NULL;
 
     if (o->pool) {

@@ -206,6 +206,31 @@ ngx_ahava_pg_healthy(ngx_ahava_pg_pool_t *pool)
 }
 
 
+/* what the metrics show of a worker's pool */
+
+void
+ngx_ahava_pg_stats(ngx_ahava_pg_pool_t *pool, ngx_uint_t *conns,
+    ngx_uint_t *busy, ngx_uint_t *waiters)
+{
+    ngx_uint_t    idle;
+    ngx_queue_t  *q;
+
+    idle = 0;
+
+    for (q = ngx_queue_head(&pool->idle);
+         q != ngx_queue_sentinel(&pool->idle);
+         q = ngx_queue_next(q))
+    {
+        idle++;
+    }
+
+    *conns = pool->nconns;
+    *busy = pool->nconns - pool->nopening - ngx_min(idle, pool->nconns
+                                                          - pool->nopening);
+    *waiters = pool->nwaiters;
+}
+
+
 /*
  * Starts q.  NGX_OK: q->done will run later, from an event, never from
  * inside this call.  NGX_HTTP_SERVICE_UNAVAILABLE: refused now (the queue
@@ -250,6 +275,7 @@ ngx_ahava_pg_send(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
         ngx_ahava_log_limited(&pool->refuse_log, NGX_LOG_WARN, q->log,
                               "ahava: postgresql is unreachable, "
                               "answering 503");
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_REJECTED, 1);
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -265,6 +291,7 @@ ngx_ahava_pg_send(ngx_ahava_pg_pool_t *pool, ngx_ahava_pg_query_t *q)
         ngx_ahava_log_limited(&pool->refuse_log, NGX_LOG_WARN, q->log,
                               "ahava: postgresql pool and wait queue are "
                               "full, answering 503");
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_REJECTED, 1);
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -566,6 +593,8 @@ ngx_ahava_pg_connect_failed(ngx_ahava_pg_conn_t *pc, const char *what)
 
     ngx_ahava_log_limited(&pool->connect_log, NGX_LOG_ERR, pool->log,
                           "ahava: postgresql connect failed: %s", what);
+
+    ngx_ahava_metrics_count(NGX_AHAVA_M_PG_RECONNECTS, 1);
 
     ngx_ahava_pg_close(pc);
 
@@ -976,6 +1005,7 @@ ngx_ahava_pg_lost(ngx_ahava_pg_conn_t *pc, const char *why)
     q = pc->query;
 
     if (!pool->exiting) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_RECONNECTS, 1);
         ngx_ahava_log_limited(&pool->connect_log, NGX_LOG_WARN, pool->log,
                               "ahava: postgresql connection closed: %s",
                               why);
@@ -1007,6 +1037,11 @@ ngx_ahava_pg_finish(ngx_ahava_pg_query_t *q, PGresult *res, ngx_int_t rc)
     q->conn = NULL;
     q->running = 0;
     q->rc = rc;
+
+    if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_REJECTED, 1);
+    }
+
     q->result = res;
     q->sqlstate = (res && rc != NGX_OK)
                   ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;

@@ -448,6 +448,7 @@ ngx_ahava_redis_connected(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
                               "ahava: redis connect failed: %s", ac->errstr);
+        ngx_ahava_metrics_count(NGX_AHAVA_M_REDIS_RECONNECTS, 1);
         /* hiredis frees the context after this callback */
         redis->ac = NULL;
         redis->connected = 0;
@@ -490,6 +491,8 @@ ngx_ahava_redis_disconnected(const redisAsyncContext *ac, int status)
     if (redis->exiting) {
         return;
     }
+
+    ngx_ahava_metrics_count(NGX_AHAVA_M_REDIS_RECONNECTS, 1);
 
     ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
                           "ahava: redis disconnected: %s",

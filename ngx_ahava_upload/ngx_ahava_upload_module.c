@@ -763,6 +763,8 @@ ngx_ahava_upload_recorded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                   "ahava: upload \"%s/%s\" stored, %O bytes, %s", u->dir,
                   u->name, u->size, t->mime);
 
+    ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_ACCEPTED, 1);
+
     return ngx_ahava_answer_text(r, ctx, NGX_HTTP_CREATED, body, p - body);
 }
 
@@ -785,24 +787,28 @@ ngx_ahava_upload_refuse(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     switch (code) {
 
     case NGX_AHAVA_UPLOAD_TOO_LARGE:
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_TOO_LARGE, 1);
         status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         errcode = "PAYLOAD_TOO_LARGE";
         message = "File too large";
         break;
 
     case NGX_AHAVA_UPLOAD_UNSUPPORTED:
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_UNSUPPORTED, 1);
         status = NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
         errcode = "UNSUPPORTED_MEDIA_TYPE";
         message = "Unsupported file type";
         break;
 
     case NGX_AHAVA_UPLOAD_ERROR:
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_FAILED, 1);
         status = NGX_HTTP_INTERNAL_SERVER_ERROR;
         errcode = "INTERNAL";
         message = "Internal server error";
         break;
 
     case NGX_AHAVA_UPLOAD_BAD:
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_INVALID, 1);
         status = NGX_HTTP_BAD_REQUEST;
         errcode = "VALIDATION_ERROR";
         message = "Invalid upload";
@@ -810,6 +816,7 @@ ngx_ahava_upload_refuse(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
 
     default:
         /* the multipart parser's own error */
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_INVALID, 1);
         status = NGX_HTTP_BAD_REQUEST;
         errcode = "VALIDATION_ERROR";
         message = "Invalid upload";

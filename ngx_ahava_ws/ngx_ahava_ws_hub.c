@@ -128,7 +128,10 @@ ngx_ahava_ws_hub_join(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s,
     ngx_queue_insert_tail(&ch->sessions, &s->queue);
     s->channel = ch;
 
+    ngx_ahava_metrics_gauge(NGX_AHAVA_G_WS_SOCKETS, 1);
+
     if (ch->nsessions++ == 0) {
+        ngx_ahava_metrics_gauge(NGX_AHAVA_G_WS_USERS, 1);
         ngx_ahava_ws_hub_dirty(hub, ch);
     }
 
@@ -150,7 +153,10 @@ ngx_ahava_ws_hub_leave(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s)
     ngx_queue_remove(&s->queue);
     s->channel = NULL;
 
+    ngx_ahava_metrics_gauge(NGX_AHAVA_G_WS_SOCKETS, -1);
+
     if (--ch->nsessions == 0) {
+        ngx_ahava_metrics_gauge(NGX_AHAVA_G_WS_USERS, -1);
         ngx_ahava_ws_hub_dirty(hub, ch);
     }
 }
