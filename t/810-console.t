@@ -6,7 +6,9 @@
 # the admin posts over HTTP during the test (SPEC §6: the sender's other
 # sessions get it).  Its Prometheus parser is checked on awkward input, the
 # browser must have seen no error, and a screenshot of the page is kept in
-# t/servroot-810-console/console.png.  Skipped when no Chromium is installed.
+# t/servroot-810-console/console.png.  Then, with the page's fetch of /health
+# replaced, what it shows for a 503 and for nginx not answering.  Skipped
+# when no Chromium is installed.
 use strict;
 use warnings;
 use Test::More;
@@ -198,6 +200,30 @@ ok(poll_until(10, sub { ($md = $B->js(q{document.getElementById('metrics-detail'
    "a metrics URL that fails shows its HTTP status") or diag($md);
 is($B->js(q{location.search}), '?metrics=%2Fnope', '... and is kept as ?metrics=');
 is($B->js(q{document.getElementById('m-req-total').textContent}), "\x{2014}", '... the numbers are cleared to a dash');
+
+# what the page shows when /health answers 503, then when nginx does not
+# answer: the page's fetch of /health is replaced (stopping Redis or nginx
+# here would cost seconds and the error-log checks)
+$B->js(q{(() => {
+    const real = window.fetch;
+    window.__health = (u, o) => new Response(
+        '{"status":"error","postgres":"ok","redis":"down"}',
+        { status: 503, headers: { 'Content-Type': 'application/json' } });
+    window.fetch = (u, o) => String(u).endsWith('/health')
+        ? Promise.resolve().then(() => window.__health(u, o)) : real(u, o);
+    return 1;
+})()});
+ok(poll_until(10, sub { ($health = $B->js($HEALTH)) =~ /^down:error ok:ok down:down ok:reachable / }),
+   '/health 503 with Redis down: the page shows overall and Redis down') or diag($health);
+my $colors = $B->js(q{['health-postgres', 'health-redis'].map(
+    (id) => getComputedStyle(document.getElementById(id)).backgroundColor)});
+isnt($colors->[1], $colors->[0], "... styled apart from the parts that are ok (@$colors)");
+like($B->js('document.title'), qr/^\[DOWN\]/, '... and in the title');
+$B->js(q{(() => { window.__health = () => { throw new TypeError('Failed to fetch'); }; return 1; })()});
+ok(poll_until(10, sub { ($health = $B->js($HEALTH)) =~ /^down:unknown unknown:\? unknown:\? down:unreachable / }),
+   'nginx not answering: the page shows it unreachable') or diag($health);
+like($B->js(q{document.getElementById('health-detail').textContent}),
+     qr/did not answer \(connection failed\); last answer at \d\d:/, '... with the time of its last answer');
 
 $B->quit;
 done_ahava();
