@@ -58,3 +58,10 @@ test-asan: asan
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
 	$(MAKE) -C worker clean
+
+# Debian packages libnginx-mod-http-ahava and ahava-worker into dist/, by
+# dpkg-buildpackage (debian/) in a copy of the tree; bin/ahava-package-test
+# lints, installs, runs and purges them
+.PHONY: deb
+deb:
+	bin/ahava-build-deb
