@@ -13,6 +13,7 @@ PACKAGES=(
     imagemagick ghostscript zip libreoffice-writer-nogui chromium
     libcurl4-openssl-dev libcairo2-dev libpango1.0-dev fonts-dejavu-core
     poppler-utils python3-aiosmtpd openssl curl prometheus
+    debhelper lintian
 )
 
 log() { printf '\033[1mahava:\033[0m %s\n' "$*" >&2; }
