@@ -20,6 +20,7 @@ my $port = free_port();
 my $datadir = File::Temp::tempdir('ahava-config-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 (my $rendered = $example) =~ s/\@AHAVA_PORT\@/$port/g;
 $rendered =~ s/\@AHAVA_DATA_DIR\@/$datadir/g;
+$rendered =~ s/\@AHAVA_SHARE_DIR\@/$TOP/g;
 unlike($rendered, qr/\@[A-Z_]+\@/, 'no placeholder left after rendering');
 
 my %secret = (
