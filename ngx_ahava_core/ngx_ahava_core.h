@@ -166,6 +166,7 @@ typedef struct {
 #define NGX_AHAVA_ROUTE_PUBLIC   0x01           /* no authentication */
 #define NGX_AHAVA_ROUTE_WS_TOKEN 0x02           /* also the WebSocket token
                                                    carriers (SPEC §8) */
+#define NGX_AHAVA_ROUTE_UPLOAD   0x04           /* counted as an upload */
 
 struct ngx_ahava_route_s {
     ngx_uint_t                 methods;
@@ -203,6 +204,8 @@ struct ngx_ahava_ctx_s {
     ngx_ahava_step_pt          done;            /* continuation of ASYNC */
     ngx_ahava_pg_query_t      *query;           /* its result, in done */
     ngx_int_t                  rc;              /* ANSWERED: finalize with */
+    time_t                     answered_sec;    /* when: for the metrics */
+    ngx_msec_t                 answered_msec;
 
     void                      *data;            /* the handler's own */
 
@@ -568,7 +571,7 @@ typedef enum {                                  /* counters of the zone */
     NGX_AHAVA_M_EVENTS_PUBLISHED,
     NGX_AHAVA_M_EVENTS_LATE,
     NGX_AHAVA_M_OUTBOX_RELAYED,
-    NGX_AHAVA_M_OUTBOX_DEPTH,                   /* a gauge, set */
+    NGX_AHAVA_M_OUTBOX_DEPTH,                   /* a gauge, set by worker 0 */
     NGX_AHAVA_M_UPLOADS_ACCEPTED,
     NGX_AHAVA_M_UPLOADS_TOO_LARGE,
     NGX_AHAVA_M_UPLOADS_UNSUPPORTED,
@@ -589,9 +592,11 @@ typedef enum {                                  /* gauges of a worker */
 
 ngx_int_t ngx_ahava_metrics_conf(ngx_conf_t *cf,
     ngx_ahava_main_conf_t *amcf);
+ngx_int_t ngx_ahava_metrics_declare(ngx_conf_t *cf);
 ngx_int_t ngx_ahava_metrics_add_routes(ngx_conf_t *cf,
     ngx_ahava_route_t *routes);
-ngx_int_t ngx_ahava_metrics_init_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_ahava_metrics_init_process(ngx_cycle_t *cycle,
+    ngx_ahava_main_conf_t *amcf);
 void ngx_ahava_metrics_exit_process(void);
 ngx_int_t ngx_ahava_metrics_log_handler(ngx_http_request_t *r);
 char *ngx_ahava_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -274,6 +274,7 @@ static ngx_int_t
 ngx_ahava_postconfiguration(ngx_conf_t *cf)
 {
     ngx_http_handler_pt        *h;
+    ngx_ahava_main_conf_t      *amcf;
     ngx_http_core_main_conf_t  *cmcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
@@ -292,14 +293,14 @@ ngx_ahava_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_ahava_metrics_log_handler;
 
-    if (ngx_ahava_metrics_conf(cf, ngx_http_conf_get_module_main_conf(cf,
-                                   ngx_ahava_core_module))
-        != NGX_OK)
-    {
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_ahava_core_module);
+
+    if (ngx_ahava_metrics_conf(cf, amcf) != NGX_OK) {
         return NGX_ERROR;
     }
 
     if (ngx_ahava_auth_declare(cf) != NGX_OK
+        || ngx_ahava_metrics_declare(cf) != NGX_OK
         || ngx_ahava_audit_declare(cf) != NGX_OK
         || ngx_ahava_outbox_declare(cf) != NGX_OK
         || ngx_ahava_body_filter_init(cf) != NGX_OK)
@@ -990,12 +991,12 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_ahava_core_module);
 
-    if (amcf == NULL) {
+    /* not the cache manager and loader, which call this too */
+    if (amcf == NULL
+        || (ngx_process != NGX_PROCESS_WORKER
+            && ngx_process != NGX_PROCESS_SINGLE))
+    {
         return NGX_OK;
-    }
-
-    if (ngx_ahava_metrics_init_process(cycle) != NGX_OK) {
-        return NGX_ERROR;
     }
 
     if (amcf->pg_keywords) {
@@ -1039,7 +1040,8 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
                       "changes stay in the table ahava_outbox");
     }
 
-    return NGX_OK;
+    /* its gauges read the pool and the Redis client made above */
+    return ngx_ahava_metrics_init_process(cycle, amcf);
 }
 
 

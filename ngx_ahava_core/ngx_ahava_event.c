@@ -85,7 +85,9 @@ ngx_ahava_publish_in(ngx_ahava_main_conf_t *amcf, ngx_pool_t *pool,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
                    "ahava: event %s published to %ui users", type, sent);
 
-    ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_PUBLISHED, 1);
+    if (sent) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_PUBLISHED, 1);
+    }
 
     return NGX_OK;
 }

@@ -26,6 +26,8 @@
 #define NGX_AHAVA_METRICS_WORKERS   256
 #define NGX_AHAVA_METRICS_PATH      64
 #define NGX_AHAVA_METRICS_ZONE      (256 * 1024)
+#define NGX_AHAVA_METRICS_TICK      1000        /* ms: gauges refreshed */
+#define NGX_AHAVA_METRICS_DEPTH     5           /* ticks: outbox counted */
 
 /* HTTP statuses counted one by one; the rest as "other" */
 static ngx_uint_t  ngx_ahava_metrics_statuses[] = {
@@ -55,7 +57,6 @@ typedef struct {
     ngx_atomic_t               requests[NGX_AHAVA_METRICS_NSTATUS];
     ngx_atomic_t               buckets[NGX_AHAVA_METRICS_NBUCKETS];
     ngx_atomic_t               sum_ms;
-    ngx_atomic_t               count;
     ngx_uint_t                 methods;
     size_t                     len;
     u_char                     path[NGX_AHAVA_METRICS_PATH];
@@ -96,13 +97,29 @@ typedef struct {
 
 static ngx_int_t ngx_ahava_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+static void ngx_ahava_metrics_depth(void);
+static void ngx_ahava_metrics_depth_done(ngx_ahava_pg_query_t *q);
 static void ngx_ahava_metrics_claim_routes(ngx_ahava_metrics_sh_t *sh);
-static ngx_uint_t ngx_ahava_metrics_label(ngx_ahava_route_t *rt, u_char *buf);
+static size_t ngx_ahava_metrics_label(ngx_ahava_route_t *rt, u_char *buf);
 static void ngx_ahava_metrics_tick(ngx_event_t *ev);
 static void ngx_ahava_metrics_refresh(void);
 static ngx_int_t ngx_ahava_metrics_handler(ngx_http_request_t *r);
 static u_char *ngx_ahava_metrics_write(u_char *p, u_char *last);
 static const char *ngx_ahava_metrics_method(ngx_uint_t methods);
+
+
+/*
+ * How many rows the outbox relay still owes Redis: counted by one worker
+ * every few seconds, whether Redis is up or not, and no further than
+ * 100 000 rows, so a large backlog costs little to watch.
+ */
+
+static ngx_ahava_stmt_t  ngx_ahava_metrics_stmts[] = {
+
+    { ngx_string("outbox depth"),
+      "SELECT count(*) FROM (SELECT FROM ahava_outbox LIMIT 100000) o",
+      0, 0, "" },
+};
 
 
 static ngx_ahava_metrics_line_t  ngx_ahava_metrics_lines[] = {
@@ -120,8 +137,8 @@ static ngx_ahava_metrics_line_t  ngx_ahava_metrics_lines[] = {
       NULL, -1, NGX_AHAVA_G_PG_WAITERS },
 
     { "ahava_pg_rejected_total", "counter",
-      "Statements refused with 503: pool and wait queue full, wait timed "
-      "out, or PostgreSQL unreachable",
+      "Statements answered 503: pool and wait queue full, wait or "
+      "statement timed out, or PostgreSQL unreachable",
       NULL, NGX_AHAVA_M_PG_REJECTED, -1 },
 
     { "ahava_pg_reconnects_total", "counter",
@@ -152,8 +169,8 @@ static ngx_ahava_metrics_line_t  ngx_ahava_metrics_lines[] = {
       NULL, NGX_AHAVA_M_OUTBOX_RELAYED, -1 },
 
     { "ahava_outbox_depth", "gauge",
-      "Rows waiting in the table ahava_outbox when a worker last swept it "
-      "(counted up to 100000)",
+      "Rows waiting in the table ahava_outbox, counted every 5 s up to "
+      "100000",
       NULL, NGX_AHAVA_M_OUTBOX_DEPTH, -1 },
 
     { "ahava_ws_connections", "gauge",
@@ -187,13 +204,15 @@ static ngx_ahava_metrics_line_t  ngx_ahava_metrics_lines[] = {
 
 static ngx_str_t                    ngx_ahava_metrics_name =
     ngx_string("ahava_metrics");
-static ngx_shm_zone_t              *ngx_ahava_metrics_zone;
 static ngx_ahava_metrics_sh_t      *ngx_ahava_metrics_sh;
 static ngx_ahava_metrics_worker_t  *ngx_ahava_metrics_me;
 static ngx_ahava_main_conf_t       *ngx_ahava_metrics_amcf;
 static ngx_event_t                  ngx_ahava_metrics_timer;
-static ngx_ahava_metrics_map_t      ngx_ahava_metrics_map[NGX_AHAVA_METRICS_ROUTES];
+static ngx_ahava_metrics_map_t
+    ngx_ahava_metrics_map[NGX_AHAVA_METRICS_ROUTES];
 static ngx_uint_t                   ngx_ahava_metrics_nmap;
+static ngx_ahava_pg_query_t        *ngx_ahava_metrics_depth_query;
+static ngx_uint_t                   ngx_ahava_metrics_ticks;
 
 
 /*
@@ -217,6 +236,15 @@ ngx_ahava_metrics_conf(ngx_conf_t *cf, ngx_ahava_main_conf_t *amcf)
     zone->data = amcf;
 
     return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_ahava_metrics_declare(ngx_conf_t *cf)
+{
+    return ngx_ahava_declare(cf, ngx_ahava_metrics_stmts,
+                             sizeof(ngx_ahava_metrics_stmts)
+                             / sizeof(ngx_ahava_stmt_t));
 }
 
 
@@ -287,7 +315,6 @@ ngx_ahava_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     shm_zone->data = sh;
-    ngx_ahava_metrics_zone = shm_zone;
     ngx_ahava_metrics_sh = sh;
 
     ngx_ahava_metrics_claim_routes(sh);
@@ -340,6 +367,9 @@ ngx_ahava_metrics_claim_routes(ngx_ahava_metrics_sh_t *sh)
                 mr->methods = rt->methods;
                 mr->len = len;
                 ngx_memcpy(mr->path, label, len);
+
+                /* old workers may be scraping: the slot before its count */
+                ngx_memory_barrier();
                 slot = sh->nroutes++;
             }
 
@@ -356,7 +386,7 @@ ngx_ahava_metrics_claim_routes(ngx_ahava_metrics_sh_t *sh)
 
 /* "/api/visits/:/status" is shown as "/api/visits/:id/status" */
 
-static ngx_uint_t
+static size_t
 ngx_ahava_metrics_label(ngx_ahava_route_t *rt, u_char *buf)
 {
     u_char      *p, *last;
@@ -382,14 +412,21 @@ ngx_ahava_metrics_label(ngx_ahava_route_t *rt, u_char *buf)
 }
 
 
-/* a worker takes a slot for its gauges: a free one, or a dead process's */
+/*
+ * A worker takes a slot for its gauges: a free one, a dead process's, or
+ * its own pid's (left by a process that had it before).  The main
+ * configuration is the running cycle's, never the one init_zone saw (a
+ * reload that failed after it would leave that one freed).
+ */
 
 ngx_int_t
-ngx_ahava_metrics_init_process(ngx_cycle_t *cycle)
+ngx_ahava_metrics_init_process(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
 {
     ngx_uint_t                   i, k;
     ngx_atomic_uint_t            pid;
     ngx_ahava_metrics_worker_t  *w;
+
+    ngx_ahava_metrics_amcf = amcf;
 
     if (ngx_ahava_metrics_sh == NULL) {
         return NGX_OK;
@@ -399,7 +436,8 @@ ngx_ahava_metrics_init_process(ngx_cycle_t *cycle)
         w = &ngx_ahava_metrics_sh->workers[i];
         pid = w->pid;
 
-        if (pid != 0 && (kill((pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH))
+        if (pid != 0 && pid != (ngx_atomic_uint_t) ngx_pid
+            && (kill((pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH))
         {
             continue;
         }
@@ -422,11 +460,19 @@ ngx_ahava_metrics_init_process(ngx_cycle_t *cycle)
                       "gauges are not counted");
     }
 
+    if (amcf->pg && ngx_worker == 0) {
+        ngx_ahava_metrics_depth_query = ngx_pcalloc(cycle->pool,
+                                                 sizeof(ngx_ahava_pg_query_t));
+        if (ngx_ahava_metrics_depth_query == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     /* pool and Redis gauges are read once a second */
     ngx_ahava_metrics_timer.handler = ngx_ahava_metrics_tick;
     ngx_ahava_metrics_timer.log = cycle->log;
     ngx_ahava_metrics_timer.cancelable = 1;
-    ngx_add_timer(&ngx_ahava_metrics_timer, 1000);
+    ngx_add_timer(&ngx_ahava_metrics_timer, NGX_AHAVA_METRICS_TICK);
 
     return NGX_OK;
 }
@@ -458,8 +504,54 @@ ngx_ahava_metrics_tick(ngx_event_t *ev)
 {
     ngx_ahava_metrics_refresh();
 
+    if (++ngx_ahava_metrics_ticks % NGX_AHAVA_METRICS_DEPTH == 0) {
+        ngx_ahava_metrics_depth();
+    }
+
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
-        ngx_add_timer(ev, 1000);
+        ngx_add_timer(ev, NGX_AHAVA_METRICS_TICK);
+    }
+}
+
+
+static void
+ngx_ahava_metrics_depth(void)
+{
+    ngx_ahava_pg_query_t  *q;
+
+    q = ngx_ahava_metrics_depth_query;
+
+    if (q == NULL || q->running || q->waiting) {
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_ahava_metrics_timer.log, 0,
+                   "ahava: metrics, outbox depth");
+
+    ngx_memzero(q, sizeof(ngx_ahava_pg_query_t));
+    q->stmt = &ngx_ahava_metrics_stmts[0];
+    q->done = ngx_ahava_metrics_depth_done;
+    q->log = ngx_ahava_metrics_timer.log;
+
+    /* a place in the wait queue like any statement: refused, it is
+     * counted in ahava_pg_rejected_total and tried again later */
+    (void) ngx_ahava_pg_send(ngx_ahava_metrics_amcf->pg, q);
+}
+
+
+static void
+ngx_ahava_metrics_depth_done(ngx_ahava_pg_query_t *q)
+{
+    ngx_int_t  n;
+
+    if (q->rc != NGX_OK || PQntuples(q->result) != 1) {
+        return;
+    }
+
+    n = ngx_ahava_pg_int(q->result, 0, 0);
+
+    if (n >= 0) {
+        ngx_ahava_metrics_set(NGX_AHAVA_M_OUTBOX_DEPTH, n);
     }
 }
 
@@ -528,6 +620,8 @@ ngx_ahava_metrics_gauge(ngx_uint_t gauge, ngx_int_t delta)
 ngx_int_t
 ngx_ahava_metrics_log_handler(ngx_http_request_t *r)
 {
+    time_t                      sec;
+    ngx_msec_t                  msec;
     ngx_uint_t                  i, k, status;
     ngx_msec_int_t              ms;
     ngx_time_t                 *tp;
@@ -535,10 +629,11 @@ ngx_ahava_metrics_log_handler(ngx_http_request_t *r)
     ngx_http_core_loc_conf_t   *clcf;
     ngx_ahava_metrics_route_t  *mr;
 
-    if (ngx_ahava_metrics_sh == NULL) {
+    if (ngx_ahava_metrics_sh == NULL || r != r->main) {
         return NGX_OK;
     }
 
+    k = 0;
     ctx = ngx_http_get_module_ctx(r, ngx_ahava_core_module);
 
     if (ctx == NULL) {
@@ -548,17 +643,12 @@ ngx_ahava_metrics_log_handler(ngx_http_request_t *r)
             return NGX_OK;          /* not ours */
         }
 
-        k = 0;
+    } else if (ctx->route && ctx->method_ok) {
 
-    } else {
-        k = 0;
-
-        if (ctx->route && ctx->method_ok) {
-            for (i = 0; i < ngx_ahava_metrics_nmap; i++) {
-                if (ngx_ahava_metrics_map[i].route == ctx->route) {
-                    k = ngx_ahava_metrics_map[i].slot;
-                    break;
-                }
+        for (i = 0; i < ngx_ahava_metrics_nmap; i++) {
+            if (ngx_ahava_metrics_map[i].route == ctx->route) {
+                k = ngx_ahava_metrics_map[i].slot;
+                break;
             }
         }
     }
@@ -582,9 +672,19 @@ ngx_ahava_metrics_log_handler(ngx_http_request_t *r)
         return NGX_OK;              /* a socket's life is not a latency */
     }
 
-    tp = ngx_timeofday();
-    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
-                           + (tp->msec - r->start_msec));
+    /* until the answer was handed to nginx, when the core answered */
+    if (ctx && ctx->answered_sec) {
+        sec = ctx->answered_sec;
+        msec = ctx->answered_msec;
+
+    } else {
+        tp = ngx_timeofday();
+        sec = tp->sec;
+        msec = tp->msec;
+    }
+
+    ms = (ngx_msec_int_t) ((sec - r->start_sec) * 1000
+                           + (msec - r->start_msec));
     ms = ngx_max(ms, 0);
 
     for (i = 0; i < NGX_AHAVA_METRICS_NBOUNDS; i++) {
@@ -595,7 +695,6 @@ ngx_ahava_metrics_log_handler(ngx_http_request_t *r)
 
     (void) ngx_atomic_fetch_add(&mr->buckets[i], 1);
     (void) ngx_atomic_fetch_add(&mr->sum_ms, ms);
-    (void) ngx_atomic_fetch_add(&mr->count, 1);
 
     return NGX_OK;
 }
@@ -650,7 +749,7 @@ ngx_ahava_metrics_handler(ngx_http_request_t *r)
     ngx_ahava_metrics_refresh();
 
     size = 8192
-           + NGX_AHAVA_METRICS_ROUTES
+           + ngx_min(ngx_ahava_metrics_sh->nroutes, NGX_AHAVA_METRICS_ROUTES)
              * (NGX_AHAVA_METRICS_NSTATUS + NGX_AHAVA_METRICS_NBUCKETS + 2)
              * NGX_AHAVA_METRICS_LINE;
 
@@ -735,8 +834,9 @@ ngx_ahava_metrics_write(u_char *p, u_char *last)
     /* latency */
     p = ngx_slprintf(p, last,
             "# HELP ahava_http_request_duration_seconds Time from a "
-            "request's first byte to its last answer byte handed to the "
-            "kernel, by route (WebSocket sessions not included)\n"
+            "request's first byte to its answer handed to nginx's output "
+            "(static downloads: to the end of the request), by route "
+            "(WebSocket sessions not included)\n"
             "# TYPE ahava_http_request_duration_seconds histogram\n");
 
     for (k = 0; k < n; k++) {

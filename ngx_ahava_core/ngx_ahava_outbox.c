@@ -55,9 +55,7 @@ enum {
     NGX_AHAVA_OB_SECRET,
     NGX_AHAVA_OB_TIME,
     NGX_AHAVA_OB_JOBS,                          /* NULL: no job */
-    NGX_AHAVA_OB_FLOOR,                         /* the lowest id left */
-    NGX_AHAVA_OB_DEPTH                          /* rows left, for the
-                                                   metrics (the sweep's) */
+    NGX_AHAVA_OB_FLOOR                          /* the lowest id left */
 };
 
 /* the script's arguments: EVAL, the script, no keys, now, the floor; per
@@ -212,15 +210,14 @@ static ngx_ahava_stmt_t  ngx_ahava_outbox_stmts[] = {
 
     { ngx_string("outbox rows"),
       NGX_AHAVA_OUTBOX_GONE
-      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint, NULL::bigint"
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint"
       " FROM ahava_outbox o WHERE o.id = ANY($1::bigint[]) ORDER BY o.id",
       2, 0, "" },
 
     { ngx_string("outbox backlog"),
       NGX_AHAVA_OUTBOX_GONE
-      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", f.floor, f.depth"
-      " FROM (SELECT min(id) AS floor, (SELECT count(*) FROM (SELECT"
-      " FROM ahava_outbox LIMIT 100000) d) AS depth FROM ahava_outbox) f"
+      " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", f.floor"
+      " FROM (SELECT min(id) AS floor FROM ahava_outbox) f"
       " LEFT JOIN LATERAL (SELECT * FROM ahava_outbox"
       " WHERE \"createdAt\" <= LOCALTIMESTAMP(3)"
       " - $1::int * interval '1 millisecond' AND id <> ALL($2::bigint[])"
@@ -693,12 +690,6 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
 
     nrows = PQntuples(res);
 
-    if (o->sweeping && nrows) {
-        /* what the relay still owes Redis, as this sweep saw it */
-        rc = ngx_ahava_pg_int(res, 0, NGX_AHAVA_OB_DEPTH);
-        ngx_ahava_metrics_set(NGX_AHAVA_M_OUTBOX_DEPTH, rc > 0 ? rc : 0);
-    }
-
     if (nrows && !PQgetisnull(res, 0, NGX_AHAVA_OB_FLOOR)) {
         ngx_cpystrn(o->floor,
                     (u_char *) PQgetvalue(res, 0, NGX_AHAVA_OB_FLOOR),
@@ -1017,7 +1008,8 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
                                 ngx_min(n, o->nevents));
 
         if (o->sweeping) {
-            ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_LATE, n);
+            ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_LATE,
+                                    ngx_min(n, o->nevents));
         }
     }
 

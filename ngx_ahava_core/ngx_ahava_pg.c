@@ -378,6 +378,7 @@ ngx_ahava_pg_connect(ngx_ahava_pg_pool_t *pool)
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "ahava: postgresql connect failed: %s",
                       PQerrorMessage(conn));
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_RECONNECTS, 1);
         PQfinish(conn);
         return NGX_ERROR;
     }
@@ -594,7 +595,9 @@ ngx_ahava_pg_connect_failed(ngx_ahava_pg_conn_t *pc, const char *what)
     ngx_ahava_log_limited(&pool->connect_log, NGX_LOG_ERR, pool->log,
                           "ahava: postgresql connect failed: %s", what);
 
-    ngx_ahava_metrics_count(NGX_AHAVA_M_PG_RECONNECTS, 1);
+    if (!pool->exiting) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_PG_RECONNECTS, 1);
+    }
 
     ngx_ahava_pg_close(pc);
 

@@ -235,6 +235,7 @@ ngx_ahava_redis_connect(ngx_ahava_redis_t *redis)
         ngx_ahava_log_limited(&redis->error_log, NGX_LOG_ERR, redis->log,
                               "ahava: redis connect to %s:%d failed: %s",
                               host, (int) amcf->redis_port, ac->errstr);
+        ngx_ahava_metrics_count(NGX_AHAVA_M_REDIS_RECONNECTS, 1);
         redisAsyncFree(ac);
         ngx_ahava_redis_schedule(redis);
         return;

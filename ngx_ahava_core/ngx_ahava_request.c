@@ -169,6 +169,8 @@ ngx_ahava_access_handler(ngx_http_request_t *r)
 static ngx_ahava_rc_e
 ngx_ahava_run(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx, ngx_ahava_rc_e rc)
 {
+    ngx_time_t  *tp;
+
     while (rc == NGX_AHAVA_NEXT) {
 
         if (++ctx->step == ctx->nsteps) {
@@ -201,6 +203,12 @@ ngx_ahava_run(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx, ngx_ahava_rc_e rc)
     if (rc == NGX_AHAVA_ANSWERED) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "ahava: answered, finalizing with %i", ctx->rc);
+
+        /* the latency the metrics show ends here, not after a lingering
+         * close or a slow reader */
+        tp = ngx_timeofday();
+        ctx->answered_sec = tp->sec;
+        ctx->answered_msec = tp->msec;
 
         if (ctx->access) {
             /* the reference the check took; the phase does not finalize */
@@ -510,6 +518,10 @@ ngx_ahava_step_method(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         > (off_t) (ctx->route->body_max ? ctx->route->body_max
                                         : NGX_AHAVA_BODY_MAX))
     {
+        if (ctx->route->flags & NGX_AHAVA_ROUTE_UPLOAD) {
+            ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_TOO_LARGE, 1);
+        }
+
         return ngx_ahava_answer_status(r, ctx,
                                        NGX_HTTP_REQUEST_ENTITY_TOO_LARGE);
     }

@@ -159,12 +159,12 @@ static ngx_ahava_upload_endpoint_t  ngx_ahava_upload_file = {
 static ngx_ahava_route_t  ngx_ahava_upload_routes[] = {
 
     { NGX_HTTP_POST, "/api/messages/upload/image", NULL, NULL,
-      ngx_ahava_upload_start, &ngx_ahava_upload_image, 0,
-      NGX_AHAVA_IMAGE_MAX + NGX_AHAVA_UPLOAD_SLACK },
+      ngx_ahava_upload_start, &ngx_ahava_upload_image,
+      NGX_AHAVA_ROUTE_UPLOAD, NGX_AHAVA_IMAGE_MAX + NGX_AHAVA_UPLOAD_SLACK },
 
     { NGX_HTTP_POST, "/api/messages/upload/file", NULL, NULL,
-      ngx_ahava_upload_start, &ngx_ahava_upload_file, 0,
-      NGX_AHAVA_DOCUMENT_MAX + NGX_AHAVA_UPLOAD_SLACK },
+      ngx_ahava_upload_start, &ngx_ahava_upload_file,
+      NGX_AHAVA_ROUTE_UPLOAD, NGX_AHAVA_DOCUMENT_MAX + NGX_AHAVA_UPLOAD_SLACK },
 
     { 0, NULL, NULL, NULL, NULL, NULL, 0, 0 }
 };
@@ -454,6 +454,7 @@ ngx_ahava_upload_start(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         || ngx_ahava_multipart_boundary(ct->data, ct->len, boundary, &blen)
            != NGX_AHAVA_MULTIPART_OK)
     {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_INVALID, 1);
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
                    ngx_ahava_detail(NULL, "body", "must be multipart/form-data "
@@ -461,6 +462,7 @@ ngx_ahava_upload_start(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     }
 
     if (r->headers_in.content_length_n <= 0 && !r->headers_in.chunked) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_INVALID, 1);
         return ngx_ahava_answer_error(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "VALIDATION_ERROR", "Invalid request body",
                    ngx_ahava_detail(NULL, ((ngx_ahava_upload_endpoint_t *)
@@ -514,6 +516,9 @@ ngx_ahava_upload_start(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     u->reading = 0;
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_ahava_metrics_count(rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                                ? NGX_AHAVA_M_UPLOADS_TOO_LARGE
+                                : NGX_AHAVA_M_UPLOADS_INVALID, 1);
         r->main->count++;
         r->keepalive = 0;
         r->lingering_close = 1;
@@ -739,6 +744,7 @@ ngx_ahava_upload_recorded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     if (ctx->query->rc != NGX_OK) {
         /* not recorded: the file goes too */
+        ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_FAILED, 1);
         u->renamed = 0;
         (void) ngx_delete_file(u->path.data);
         return ngx_ahava_query_failed(r, ctx);

@@ -12,10 +12,11 @@ use warnings;
 use Test::More;
 use Ahava::Test;
 use Ahava::Test::Util qw(slurp poll_until run_capture);
-use Ahava::Test::WS qw(ws_connect ws_config worker_pids);
+use Ahava::Test::WS qw(ws_connect ws_config worker_pids tcp_owner_pid);
 use Ahava::Messages qw(send_message);
 use File::Temp qw(tempdir);
 use IPC::Open3 qw(open3);
+use IO::Socket::INET;
 use POSIX ();
 
 my $PROMTOOL = '/usr/bin/promtool';
@@ -165,8 +166,21 @@ my ($rc, $png) = run_capture(['convert', '-size', '4x4', 'xc:red', 'png:-']);
 is(upload('image', 'red.png', $png, 'image/png')->status, 201, 'a real PNG: 201');
 is(upload('image', 'note.png', "just text\n" x 10, 'image/png')->status, 415, 'text named .png: 415');
 is(upload('image', 'red.png', $png, 'image/png', 'file')->status, 400, 'a file in the wrong field: 400');
+{
+    # a Content-Length over the endpoint's limit: 413 before any byte of it
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $N->port, Timeout => 10)
+        or die "connect: $!";
+    print {$sock} "POST /api/messages/upload/image HTTP/1.1\r\nHost: t\r\n"
+        . 'Authorization: Bearer ' . token($ID{nurse1}) . "\r\n"
+        . "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 99999999\r\n\r\n";
+    my $line = <$sock> // '';
+    like($line, qr{^HTTP/1\.1 413 }, 'a Content-Length of 99 MB: 413 at once');
+    close $sock;
+}
 ($m, $r) = scrape();
 promtool_ok($r->body, 'after uploads');
+is(val($m, 'ahava_uploads_rejected_total{reason="too_large"}')
+   - val($before, 'ahava_uploads_rejected_total{reason="too_large"}'), 1, '... rejected, too_large +1');
 is(val($m, 'ahava_uploads_accepted_total') - val($before, 'ahava_uploads_accepted_total'), 1, 'ahava_uploads_accepted_total +1');
 is(val($m, 'ahava_uploads_rejected_total{reason="unsupported_type"}')
    - val($before, 'ahava_uploads_rejected_total{reason="unsupported_type"}'), 1, '... rejected, unsupported_type +1');
@@ -227,9 +241,38 @@ ok(poll_until(15, sub { my ($x) = scrape(); $x && val($x, 'ahava_redis_connected
 promtool_ok($r->body, 'with Redis down');
 ok(val($m, 'ahava_redis_reconnects_total') > val($before, 'ahava_redis_reconnects_total'),
    'ahava_redis_reconnects_total grew');
+# what changes owe Redis waits in the outbox, and is counted there
+for my $i (1 .. 3) {
+    is(send_message('nurse1', $ID{visit1}, 'patient1', "while Redis is down $i")->status, 201,
+       "a message while Redis is down ($i)");
+}
+my $depth = 0;
+ok(poll_until(15, sub { my ($x) = scrape(); $x && ($depth = val($x, 'ahava_outbox_depth')) == 3 }),
+   'ahava_outbox_depth: the 3 rows waiting') or diag("depth $depth");
 $redis->start;
 ok(poll_until(30, sub { my ($x) = scrape(); $x && val($x, 'ahava_redis_connected') == 2 }),
    'Redis back: ahava_redis_connected 2');
+ok(poll_until(15, sub { my ($x) = scrape(); $x && ($depth = val($x, 'ahava_outbox_depth')) == 0 }),
+   'the outbox drained: ahava_outbox_depth 0')
+    or diag("depth $depth, rows " . psql_value('SELECT count(*) FROM ahava_outbox'));
+($m, $r) = scrape();
+is(val($m, 'ahava_events_relayed_late_total') - val($before, 'ahava_events_relayed_late_total'), 3,
+   'ahava_events_relayed_late_total: the 3 events, sent by the sweep');
+
+# --- a worker killed -9 stops counting at once -----------------------------------
+$N->{allow_log} = [qr/exited on signal 9/];
+my $w3 = ws_connect(as => 'patient1');
+ok($w3->opened, 'a socket for patient1');
+ok(poll_until(10, sub { my ($x) = scrape(); $x && val($x, 'ahava_ws_connections') == 1 }), 'ahava_ws_connections 1');
+my $owner = tcp_owner_pid($N->port, $w3->local_port);
+ok($owner, "the worker holding it: $owner");
+kill 'KILL', $owner;
+ok(poll_until(20, sub {
+    my @now = worker_pids($N);
+    my ($x) = scrape();
+    @now == 2 && !grep({ $_ == $owner } @now) && $x && val($x, 'ahava_nginx_workers') == 2
+        && val($x, 'ahava_ws_connections') == 0 && val($x, 'ahava_ws_users') == 0;
+}), 'killed: its socket no longer counted, the new worker counts');
 
 # --- a reload keeps the counters ------------------------------------------------
 ($before) = scrape();
