@@ -446,9 +446,12 @@
         counter('m-pg-rejected', 'ahava_pg_rejected_total', base, true);
         counter('m-pg-reconnects', 'ahava_pg_reconnects_total', base, true);
 
+        // the workers connected, out of the workers counting (one series each)
         const rc = sumOf('ahava_redis_connected');
+        const nw = sumOf('ahava_nginx_workers');
+        const of = nw ? nw.sum : (rc ? rc.n : 0);
         if (!rc) setText('m-redis-connected', '—');
-        else if (rc.n > 1) setText('m-redis-connected', fmtNum(rc.sum) + ' of ' + rc.n, rc.sum >= rc.n ? 'ok' : 'down');
+        else if (of > 1) setText('m-redis-connected', fmtNum(rc.sum) + ' of ' + fmtNum(of), rc.sum >= of ? 'ok' : 'down');
         else setText('m-redis-connected', rc.sum > 0 ? 'yes' : 'no', rc.sum > 0 ? 'ok' : 'down');
         counter('m-redis-reconnects', 'ahava_redis_reconnects_total', base, true);
 

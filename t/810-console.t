@@ -13,6 +13,7 @@ use strict;
 use warnings;
 use Test::More;
 use Ahava::Test;
+use Ahava::Test::Util qw(run_capture repo_root);
 use Ahava::Test::WS qw(ws_config);
 use Ahava::Messages qw(send_message data_of);
 use File::Basename qw(dirname);
@@ -67,7 +68,12 @@ my $B = CDP->start(chromium => $chromium, profile => $profile,
                    log => $N->servroot . '/logs/chromium.log');
 ok($B, "Chromium is driven over DevTools ($B->{browser})");
 
-my $secret = token($ID{admin});
+# the token as ops make one: bin/ahava-token (the package's ahava-token)
+my ($trc, $secret) = run_capture([repo_root() . '/bin/ahava-token', $ID{admin}, '600'],
+                                 env => { JWT_SECRET => env_value('JWT_SECRET') });
+chomp $secret;
+is($trc, 0, 'bin/ahava-token made the admin a token');
+is(response(GET => '/api/visits?limit=1', token => $secret)->status, 200, '... which the module accepts');
 $B->call(cmd => 'open', url => 'http://127.0.0.1:' . $N->port . "/console/#token=$secret");
 ok(1, 'the console loaded');
 
