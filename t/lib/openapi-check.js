@@ -199,23 +199,8 @@ function checkSample(doc, s, validatorAt) {
 
     if (s.schemaRef) {
         // a WebSocket frame, or another body checked against a schema
-        let ok;
-        let errs = '';
-        try {
-            const val = validatorAt(s.schemaRef);
-            ok = val(s.body);
-            errs = errorsText(val.errors);
-        } catch (e) {
-            ok = false;
-            errs = e.message;
-        }
-        if (s.expectInvalid) {
-            result(!ok, `${s.name}: refused by ${s.schemaRef} (a control)`,
-                   `accepted: ${JSON.stringify(s.body).slice(0, 400)}`);
-        } else {
-            result(ok, `${s.name}: valid ${s.schemaRef}`,
-                   `${errs}\nbody: ${JSON.stringify(s.body).slice(0, 800)}`);
-        }
+        checkBody(s, validatorAt, s.schemaRef, `${s.name}: valid ${s.schemaRef}`,
+                  `${s.name}: refused by ${s.schemaRef} (a control)`);
         return;
     }
 
@@ -272,10 +257,17 @@ function checkSample(doc, s, validatorAt) {
         return;
     }
 
+    checkBody(s, validatorAt, `${r.ptr}/content/${pointerEscape(mt)}/schema`, label,
+              `${label}: refused by its schema (a control)`);
+}
+
+// a sample's body against the schema at ptr: valid, or refused when it is a
+// control (expectInvalid)
+function checkBody(s, validatorAt, ptr, validName, controlName) {
     let ok;
     let errs = '';
     try {
-        const val = validatorAt(`${r.ptr}/content/${pointerEscape(mt)}/schema`);
+        const val = validatorAt(ptr);
         ok = val(s.body);
         errs = errorsText(val.errors);
     } catch (e) {
@@ -284,12 +276,10 @@ function checkSample(doc, s, validatorAt) {
     }
 
     if (s.expectInvalid) {
-        result(!ok, `${label}: refused by its schema (a control)`,
-               `accepted: ${JSON.stringify(s.body).slice(0, 400)}`);
-        return;
+        result(!ok, controlName, `accepted: ${JSON.stringify(s.body).slice(0, 400)}`);
+    } else {
+        result(ok, validName, `${errs}\nbody: ${JSON.stringify(s.body).slice(0, 800)}`);
     }
-
-    result(ok, label, `${errs}\nbody: ${JSON.stringify(s.body).slice(0, 800)}`);
 }
 
 main().catch((e) => {
