@@ -746,11 +746,11 @@ ngx_ahava_outbox_read(ngx_ahava_pg_query_t *q)
         o->batch[row] = ngx_atoof((u_char *) PQgetvalue(res, row,
                                                         NGX_AHAVA_OB_ID),
                                   PQgetlength(res, row, NGX_AHAVA_OB_ID));
+        o->last = o->batch[row];
 
         if (!PQgetisnull(res, row, NGX_AHAVA_OB_TOPIC)) {
-            o->nevents++;
+            o->nevents++;                   /* for the metrics */
         }
-        o->last = o->batch[row];
 
         argv[i] = PQgetvalue(res, row, NGX_AHAVA_OB_ID);
         lens[i] = PQgetlength(res, row, NGX_AHAVA_OB_ID);
@@ -998,8 +998,6 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
                    "ahava: outbox relayed %ui rows, %L new", o->nrows,
                    (int64_t) rr->integer);
 
-    /* deleted by the next cycle's statement; beyond the bound, they stay
-     * until read again (and skipped) */
     if (rr->type == REDIS_REPLY_INTEGER && rr->integer > 0) {
         /* rows another relay sent first are not counted twice */
         n = (ngx_uint_t) rr->integer;
@@ -1013,6 +1011,8 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
         }
     }
 
+    /* deleted by the next cycle's statement; beyond the bound, they stay
+     * until read again (and skipped) */
     n = ngx_min(o->nrows, NGX_AHAVA_OUTBOX_PENDING - o->sent.n);
     ngx_memcpy(o->sent.ids + o->sent.n, o->batch, n * sizeof(int64_t));
     o->sent.n += n;
