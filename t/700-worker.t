@@ -147,6 +147,59 @@ like($seen->{failed}{ $ids->[1] }, qr/MessageRateExceeded/, 'on the only device:
 is(job_of('push-notification', $ids->[1])->{attemptsMade}, 3, '... after its three attempts');
 is($w->term, 0, 'SIGTERM: exit 0');
 
+# --- the push tokens cache: exact, because migration 008's trigger tells every change ------------
+obliterate('push-notification');
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p1-cache-a]'] WHERE id = '$P1'});
+$w = Ahava::Worker->start(name => 'push-cache', env => { EXPO_PUSH_URL => $EXPO });
+my $pushed = 0;
+sub push_p1 {       # one push to $P1, waited for; the tokens Expo got for it
+    my ($title) = @_;
+    add_jobs('push-notification', { name => 'send-push', data => { userId => $P1, title => $title, body => 'b' },
+                                    opts => \%PUSH_OPTS });
+    peer('watch', $URL, 'push-notification', ++$pushed);
+    return join ',', map { $_->{to} } grep { $_->{title} eq $title } map { @{ $_->{body} } } push_requests();
+}
+sub cache_counts { my $m = $w->metrics; map { $m->{"ahava_worker_push_token_cache_total{result=\"$_\"}"} } qw(hit miss) }
+is(push_p1('cache 1'), 'ExponentPushToken[p1-cache-a]', 'cache: the first push reads the tokens');
+is(push_p1('cache 2'), 'ExponentPushToken[p1-cache-a]', '... the second too');
+is_deeply([cache_counts()], [1, 1], '... from the cache: 1 miss, then 1 hit');
+is($w->metrics->{ahava_worker_push_token_cache_capacity}, 10000, '/metrics: the capacity (push_token_cache)');
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p1-cache-b]'] WHERE id = '$P1'});
+is(push_p1('cache 3'), 'ExponentPushToken[p1-cache-b]', 'tokens changed by another writer: the next push has the new ones');
+is_deeply([cache_counts()], [1, 2], '... read again (a miss)');
+psql(qq{UPDATE users SET "isActive" = false WHERE id = '$P1'});
+is(push_p1('cache 4'), '', 'the user deactivated: nothing sent');
+psql(qq{UPDATE users SET "isActive" = true WHERE id = '$P1'});
+is(push_p1('cache 5'), 'ExponentPushToken[p1-cache-b]', '... activated again: sent');
+is_deeply([cache_counts()], [1, 4], '... each change read again');
+ok(!$w->log_like(qr/trigger users_push_tokens_notify/), 'no warning about the trigger');
+
+# the listening connection killed: what it would have heard is lost, so the cache starts again empty
+is(psql_value(q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = 'LISTEN ahava_push_tokens'}),
+   1, 'the cache listens on one connection of its own (killed now)');
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p1-cache-d]'] WHERE id = '$P1'});
+is(push_p1('cache 5b'), 'ExponentPushToken[p1-cache-d]', '... a change made meanwhile is not missed');
+ok($w->log_like(qr/push tokens cache emptied: its connection was lost/), '... the log says the cache was emptied');
+# it tries again when a push comes, at most once a second
+ok(poll_until(10, sub { psql_value(q{SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN ahava_push_tokens'}) == 1
+                        or (push_p1('cache 5c') && 0) }), '... and it listens again');
+my ($h0) = cache_counts();
+is(push_p1('cache 5d'), 'ExponentPushToken[p1-cache-d]', '... and serves from the cache again:');
+is((cache_counts())[0], $h0 + 1, '... a hit');
+is($w->term, 0, 'SIGTERM: exit 0');
+
+# without the trigger the cache is not used: every push reads the tokens
+psql(q{ALTER TABLE users DISABLE TRIGGER users_push_tokens_notify});
+$w = Ahava::Worker->start(name => 'push-nocache', env => { EXPO_PUSH_URL => $EXPO });
+is(push_p1('cache 6'), 'ExponentPushToken[p1-cache-d]', 'the trigger disabled: pushes still go out');
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p1-cache-c]'] WHERE id = '$P1'});
+is(push_p1('cache 7'), 'ExponentPushToken[p1-cache-c]', '... with the tokens of the moment, unheard of');
+is_deeply([cache_counts()], [0, 0], '... read from PostgreSQL, the cache unused');
+is(scalar(grep { $_->{level} eq 'warn' && $_->{msg} =~ /trigger users_push_tokens_notify is missing or disabled/ }
+           $w->logs), 1, '... and the log says why, once') or diag $w->log_text;
+is($w->term, 0, 'SIGTERM: exit 0');
+psql(q{ALTER TABLE users ENABLE TRIGGER users_push_tokens_notify});
+
 # --- retries: order and timing of the backoff, retries-exhausted, then FAILED --------------------
 sub stream_events { @{ peer('events', $URL, $_[0], $_[1] // ()) } }
 

@@ -113,6 +113,7 @@ main(int argc, char **argv)
     m->stalled_ms = 30000;
     m->prefix = strdup("bull");
     m->metrics_listen = strdup("127.0.0.1:9465");
+    m->conf->push_token_cache = 10000;
 
     /* waits are timed on the monotonic clock: a clock step must not
      * stall the lock renewal */
@@ -177,6 +178,11 @@ main(int argc, char **argv)
     }
 
     ahava_bq_init();
+
+    if (ahava_tokens_init(m->conf->push_token_cache) != 0) {
+        fprintf(stderr, "ahava-worker: out of memory for push_token_cache\n");
+        return 1;
+    }
 
     /* signals are taken by this thread only, with sigwait() */
     sigemptyset(&set);
@@ -277,6 +283,7 @@ main(int argc, char **argv)
         free(m->queues[i].runners);
     }
 
+    ahava_tokens_free();
     ahava_conf_free(m);
     curl_global_cleanup();
 
@@ -439,6 +446,11 @@ ahava_conf_set(ahava_main_t *m, const char *key, const char *value,
 
     if (strcmp(key, "lock_duration_ms") == 0) {
         return ahava_conf_int(&m->lock_ms, key, value, 1000, 3600000, where);
+    }
+
+    if (strcmp(key, "push_token_cache") == 0) {
+        return ahava_conf_int(&conf->push_token_cache, key, value, 0,
+                              10000000, where);
     }
 
     if (strcmp(key, "stalled_interval_ms") == 0) {

@@ -58,6 +58,7 @@ typedef struct {
     char              *data_dir;        /* AHAVA_DATA_DIR */
     char              *uploads_dir;     /* <data_dir>/uploads by default */
     char              *font;            /* pango font family for the PDF */
+    int                push_token_cache; /* users; 0: every push reads */
 
     u_char             keys[AHAVA_MAX_KEYS][NGX_AHAVA_KEY_LEN];
     const u_char      *key_list[AHAVA_MAX_KEYS];
@@ -109,6 +110,15 @@ ahava_job_rc_e ahava_push_process(ahava_thread_t *t, ahava_job_t *job,
 void ahava_pdf_give_up(ahava_thread_t *t, ahava_job_t *job,
     const char *reason);
 
+
+/* the push tokens cache (ahava_worker_tokens.c) */
+int ahava_tokens_init(int capacity);
+void ahava_tokens_free(void);
+int ahava_tokens_sync(ahava_conf_t *conf, uint64_t *epoch);
+char *ahava_tokens_get(const char *user);
+void ahava_tokens_put(const char *user, const char *tokens, uint64_t epoch);
+void ahava_tokens_evict(const char *user);
+void ahava_tokens_stats(uint64_t *hits, uint64_t *misses, size_t *capacity);
 
 /* the thread's PostgreSQL, connected (reconnecting if needed), or NULL */
 PGconn *ahava_thread_pg(ahava_thread_t *t, char *err, size_t errlen);

@@ -260,7 +260,8 @@ ahava_http_metrics(ahava_main_t *m, ahava_out_t *o, redisContext **c)
 {
     ahava_queue_t  *q;
     redisReply     *r;
-    uint64_t        cum;
+    uint64_t        cum, hits, misses;
+    size_t          cap;
     int             i, k, redis_up;
 
     static const char  *depths[][2] = {
@@ -325,6 +326,19 @@ ahava_http_metrics(ahava_main_t *m, ahava_out_t *o, redisContext **c)
                   q->name, (unsigned long long)
                   __atomic_load_n(&q->m.count, __ATOMIC_RELAXED));
     }
+
+    ahava_tokens_stats(&hits, &misses, &cap);
+
+    ahava_out(o, "# HELP ahava_worker_push_token_cache_total Push recipients"
+              " whose tokens came from the cache (hit) or from PostgreSQL"
+              " (miss).\n# TYPE ahava_worker_push_token_cache_total counter\n"
+              "ahava_worker_push_token_cache_total{result=\"hit\"} %llu\n"
+              "ahava_worker_push_token_cache_total{result=\"miss\"} %llu\n"
+              "# HELP ahava_worker_push_token_cache_capacity Users the push"
+              " tokens cache holds at most (push_token_cache).\n"
+              "# TYPE ahava_worker_push_token_cache_capacity gauge\n"
+              "ahava_worker_push_token_cache_capacity %zu\n",
+              (unsigned long long) hits, (unsigned long long) misses, cap);
 
     redis_up = ahava_http_redis_ok(m, c);
 

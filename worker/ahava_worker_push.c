@@ -94,19 +94,24 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
     ahava_push_msg_t    *msgs;
     PGresult            *res;
     PGconn              *pg;
-    json_t              *tokens, *tok;
+    json_t              *tok;
+    json_t             **tokens;
     const char          *user, *param;
-    char                 err[AHAVA_ERR_LEN], *ids, *p;
+    uint64_t             epoch, heard;
+    char                 err[AHAVA_ERR_LEN], *ids, *p, **known;
     size_t               len, k;
-    int                  i, j, row, nmsgs, nvalid, first;
+    int                  i, j, row, nmsgs, nvalid, nmissing, first, cached;
 
     tally = calloc(n, sizeof(ahava_push_tally_t));
     msgs = malloc((size_t) n * AHAVA_PUSH_TOKENS * sizeof(ahava_push_msg_t));
     ids = malloc((size_t) n * 66 + 3);
+    tokens = calloc(n, sizeof(json_t *));
+    known = calloc(n, sizeof(char *));
     res = NULL;
-    tokens = NULL;
 
-    if (tally == NULL || msgs == NULL || ids == NULL) {
+    if (tally == NULL || msgs == NULL || ids == NULL || tokens == NULL
+        || known == NULL)
+    {
         for (i = 0; i < n; i++) {
             rcs[i] = AHAVA_JOB_RETRY;
             results[i] = NULL;
@@ -115,9 +120,6 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
         goto done;
     }
 
-    /* {userId, title, body, data?}: ids are safe in an array literal */
-    p = ids;
-    *p++ = '{';
     nvalid = 0;
 
     for (i = 0; i < n; i++) {
@@ -140,7 +142,48 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
             continue;
         }
 
-        if (nvalid++) {
+        nvalid++;
+    }
+
+    nmsgs = 0;
+
+    if (nvalid == 0) {
+        goto answer;
+    }
+
+    pg = ahava_thread_pg(t, err, sizeof(err));
+
+    if (pg == NULL || ahava_push_prepare(t, pg, err, sizeof(err)) != 0) {
+        for (i = 0; i < n; i++) {
+            if (!tally[i].fatal) {
+                tally[i].retry = 1;
+                snprintf(tally[i].reason, AHAVA_ERR_LEN, "%s", err);
+            }
+        }
+        goto answer;
+    }
+
+    /* the users the cache knows, after the changes it heard of */
+    cached = ahava_tokens_sync(t->conf, &epoch);
+
+    /* {id,...} of the others: ids are safe in an array literal */
+    p = ids;
+    *p++ = '{';
+    nmissing = 0;
+
+    for (i = 0; i < n; i++) {
+        if (tally[i].fatal) {
+            continue;
+        }
+
+        user = json_string_value(json_object_get(jobs[i]->data, "userId"));
+        known[i] = cached ? ahava_tokens_get(user) : NULL;
+
+        if (known[i]) {
+            continue;
+        }
+
+        if (nmissing++) {
             *p++ = ',';
         }
 
@@ -152,21 +195,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
     *p++ = '}';
     *p = '\0';
 
-    nmsgs = 0;
-
-    if (nvalid) {
-        pg = ahava_thread_pg(t, err, sizeof(err));
-
-        if (pg == NULL || ahava_push_prepare(t, pg, err, sizeof(err)) != 0) {
-            for (i = 0; i < n; i++) {
-                if (!tally[i].fatal) {
-                    tally[i].retry = 1;
-                    snprintf(tally[i].reason, AHAVA_ERR_LEN, "%s", err);
-                }
-            }
-            goto answer;
-        }
-
+    if (nmissing) {
         param = ids;
         res = PQexecPrepared(pg, "push tokens", 1, &param, NULL, NULL, 0);
 
@@ -184,21 +213,14 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
             goto answer;
         }
 
-        tokens = json_array();
-
-        /* one entry per row, even if one did not parse: rows stay aligned */
-        for (row = 0; row < PQntuples(res); row++) {
-            tok = json_loads(PQgetvalue(res, row, 1), 0, NULL);
-            json_array_append_new(tokens, json_is_array(tok) ? tok
-                                                            : json_array());
-            if (!json_is_array(tok)) {
-                json_decref(tok);
-            }
+        /* what was heard meanwhile evicts, and voids fills sent at epoch */
+        if (cached) {
+            ahava_tokens_sync(t->conf, &heard);
         }
 
-        /* one message per token of each job's user */
+        /* a user with no row (gone, or not active) has no tokens */
         for (i = 0; i < n; i++) {
-            if (tally[i].fatal) {
+            if (tally[i].fatal || known[i]) {
                 continue;
             }
 
@@ -206,31 +228,54 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
                                                      "userId"));
 
             for (row = 0; row < PQntuples(res); row++) {
-                if (strcmp(PQgetvalue(res, row, 0), user) != 0) {
-                    continue;
+                if (strcmp(PQgetvalue(res, row, 0), user) == 0) {
+                    break;
                 }
+            }
 
-                json_array_foreach(json_array_get(tokens, row), k, tok) {
-                    if (!json_is_string(tok) || k >= AHAVA_PUSH_TOKENS) {
-                        continue;
-                    }
+            known[i] = strdup(row < PQntuples(res) ? PQgetvalue(res, row, 1)
+                                                   : "[]");
+            if (known[i] == NULL) {
+                tally[i].retry = 1;
+                snprintf(tally[i].reason, AHAVA_ERR_LEN, "out of memory");
 
-                    msgs[nmsgs].job = i;
-                    msgs[nmsgs].user = PQgetvalue(res, row, 0);
-                    msgs[nmsgs].token = json_string_value(tok);
-                    nmsgs++;
-                    tally[i].tokens++;
-                }
-
-                break;
+            } else if (cached) {
+                ahava_tokens_put(user, known[i], epoch);
             }
         }
+    }
 
-        for (first = 0; first < nmsgs; first += AHAVA_PUSH_CHUNK) {
-            j = nmsgs - first < AHAVA_PUSH_CHUNK ? nmsgs - first
-                                                 : AHAVA_PUSH_CHUNK;
-            ahava_push_send(t, jobs, &msgs[first], j, tally, pg);
+    /* one message per token of each job's user */
+    for (i = 0; i < n; i++) {
+        if (tally[i].fatal) {
+            continue;
         }
+
+        tokens[i] = known[i] ? json_loads(known[i], 0, NULL) : NULL;
+
+        if (!json_is_array(tokens[i])) {
+            continue;
+        }
+
+        user = json_string_value(json_object_get(jobs[i]->data, "userId"));
+
+        json_array_foreach(tokens[i], k, tok) {
+            if (!json_is_string(tok) || k >= AHAVA_PUSH_TOKENS) {
+                continue;
+            }
+
+            msgs[nmsgs].job = i;
+            msgs[nmsgs].user = user;
+            msgs[nmsgs].token = json_string_value(tok);
+            nmsgs++;
+            tally[i].tokens++;
+        }
+    }
+
+    for (first = 0; first < nmsgs; first += AHAVA_PUSH_CHUNK) {
+        j = nmsgs - first < AHAVA_PUSH_CHUNK ? nmsgs - first
+                                             : AHAVA_PUSH_CHUNK;
+        ahava_push_send(t, jobs, &msgs[first], j, tally, pg);
     }
 
 answer:
@@ -272,11 +317,21 @@ answer:
 
 done:
 
-    json_decref(tokens);
+    for (i = 0; i < n; i++) {
+        if (tokens) {
+            json_decref(tokens[i]);
+        }
+        if (known) {
+            free(known[i]);
+        }
+    }
+
     PQclear(res);
     free(tally);
     free(msgs);
     free(ids);
+    free(tokens);
+    free(known);
 
     return n ? rcs[0] : AHAVA_JOB_DONE;
 }
@@ -334,7 +389,7 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
     const char         *status, *detail, *params[2];
     char               *text, cerr[CURL_ERROR_SIZE], auth[600];
     long                code;
-    int                 i;
+    int                 i, noticket;
 
     arr = json_array();
 
@@ -449,6 +504,7 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
     free(body.data);
 
     tickets = json_object_get(answer, "data");
+    noticket = 0;
 
     for (i = 0; i < n; i++) {
         ahava_push_tally_t  *y = &tally[msgs[i].job];
@@ -470,6 +526,7 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
             res = PQexecPrepared(pg, "push prune", 2, params, NULL, NULL, 0);
 
             if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+                ahava_tokens_evict(msgs[i].user);
                 y->pruned++;
                 ahava_log("info", "push token removed: DeviceNotRegistered",
                           "{s:s,s:s}", "jobId", jobs[msgs[i].job]->id,
@@ -492,9 +549,22 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
         }
 
         y->errors++;
+
+        if (tk == NULL) {
+            /* a short answer is one event, not one per message */
+            noticket++;
+            continue;
+        }
+
         ahava_log("warn", "push ticket error", "{s:s,s:s,s:s}",
                   "jobId", jobs[msgs[i].job]->id, "userId", msgs[i].user,
-                  "error", detail ? detail : (tk ? "error" : "no ticket"));
+                  "error", detail ? detail : "error");
+    }
+
+    if (noticket) {
+        ahava_log("warn", "push answer without a ticket for some messages",
+                  "{s:i,s:i,s:s}", "messages", n, "withoutTicket", noticket,
+                  "firstJobId", jobs[msgs[n - noticket].job]->id);
     }
 
     json_decref(answer);
