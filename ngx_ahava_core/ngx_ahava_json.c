@@ -261,6 +261,12 @@ ngx_ahava_status_code(ngx_uint_t *status, const char **code,
         *message = "Request body too large";
         return;
 
+    case NGX_HTTP_RANGE_NOT_SATISFIABLE:
+        /* a download's Range outside the file; Content-Range says its size */
+        *code = "VALIDATION_ERROR";
+        *message = "Range not satisfiable";
+        return;
+
     case NGX_HTTP_UNSUPPORTED_MEDIA_TYPE:
         *code = "UNSUPPORTED_MEDIA_TYPE";
         *message = "Unsupported media type";

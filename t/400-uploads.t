@@ -34,8 +34,8 @@ server {
     listen       127.0.0.1:$TEST_NGINX_SERVER_PORT;
     server_name  _;
     client_body_timeout  5s;
-    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
-               /_ahava_error;
+    error_page 400 401 403 404 405 413 414 416 429 494 500 501 502 503 504
+               505 /_ahava_error;
 
     location /api/messages/upload/ { ahava_upload; }
     location /api/messages { ahava_messages; }
@@ -388,6 +388,11 @@ my $doc = $STORED{pdf}{url};
     my $sf = response(GET => $img, as => 'nurse1', headers => { Range => 'bytes=-7' });
     is($sf->raw, substr($FILE{png}, -7), 'suffix Range bytes=-7: the last 7 bytes');
     like($sf->header('content-range') // '', qr{^bytes \d+-\d+/$len$}, '... with its Content-Range');
+    my $past = response(GET => $img, as => 'nurse1', headers => { Range => "bytes=$len-" });
+    is($past->status, 416, 'a Range past the end: 416');
+    is_deeply([$past->json->{success}, $past->json->{code}, $past->json->{error}],
+              [JSON::PP::false, 'VALIDATION_ERROR', 'Range not satisfiable'], '... as SPEC §4 JSON') or diag $past->raw;
+    is($past->header('content-range'), "bytes */$len", '... whose Content-Range gives the size');
     my $etag = $d->header('etag');
     ok($etag, "an ETag ($etag)");
     my $nm = response(GET => $img, as => 'nurse1', headers => { 'If-None-Match' => $etag });

@@ -56,8 +56,8 @@ server {
     listen       127.0.0.1:\$TEST_NGINX_SERVER_PORT;
     server_name  _;
     client_max_body_size     64k;
-    error_page 400 401 403 404 405 413 414 429 494 500 501 502 503 504 505
-               /_ahava_error;
+    error_page 400 401 403 404 405 413 414 416 429 494 500 501 502 503 504
+               505 /_ahava_error;
 
     location = /health { ahava_health; }
 $metrics
