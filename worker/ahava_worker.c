@@ -229,6 +229,20 @@ main(int argc, char **argv)
         }
     }
 
+    /* the tokens cache's listener, for a process that sends pushes */
+    for (i = 0; i < m->nqueues; i++) {
+        if (m->queues[i].enabled
+            && m->queues[i].process_batch == ahava_push_process_batch)
+        {
+            break;
+        }
+    }
+
+    if (i < m->nqueues && ahava_tokens_start(m->conf) != 0) {
+        fprintf(stderr, "ahava-worker: pthread_create failed\n");
+        return 1;
+    }
+
     if (pthread_create(&m->keeper, NULL, ahava_keeper, m) != 0) {
         fprintf(stderr, "ahava-worker: cannot start\n");
         return 1;

@@ -113,12 +113,14 @@ void ahava_pdf_give_up(ahava_thread_t *t, ahava_job_t *job,
 
 /* the push tokens cache (ahava_worker_tokens.c) */
 int ahava_tokens_init(int capacity);
+int ahava_tokens_start(ahava_conf_t *conf);
 void ahava_tokens_free(void);
-int ahava_tokens_sync(ahava_conf_t *conf, uint64_t *epoch);
+int ahava_tokens_sync(uint64_t *epoch);
 char *ahava_tokens_get(const char *user);
 void ahava_tokens_put(const char *user, const char *tokens, uint64_t epoch);
 void ahava_tokens_evict(const char *user);
-void ahava_tokens_stats(uint64_t *hits, uint64_t *misses, size_t *capacity);
+void ahava_tokens_stats(uint64_t *hits, uint64_t *misses, int *capacity,
+    int *listening);
 
 /* the thread's PostgreSQL, connected (reconnecting if needed), or NULL */
 PGconn *ahava_thread_pg(ahava_thread_t *t, char *err, size_t errlen);

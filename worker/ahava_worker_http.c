@@ -261,8 +261,7 @@ ahava_http_metrics(ahava_main_t *m, ahava_out_t *o, redisContext **c)
     ahava_queue_t  *q;
     redisReply     *r;
     uint64_t        cum, hits, misses;
-    size_t          cap;
-    int             i, k, redis_up;
+    int             i, k, redis_up, cap, listening;
 
     static const char  *depths[][2] = {
         { "wait", "LLEN" }, { "active", "LLEN" }, { "prioritized", "ZCARD" },
@@ -327,18 +326,24 @@ ahava_http_metrics(ahava_main_t *m, ahava_out_t *o, redisContext **c)
                   __atomic_load_n(&q->m.count, __ATOMIC_RELAXED));
     }
 
-    ahava_tokens_stats(&hits, &misses, &cap);
+    ahava_tokens_stats(&hits, &misses, &cap, &listening);
 
     ahava_out(o, "# HELP ahava_worker_push_token_cache_total Push recipients"
-              " whose tokens came from the cache (hit) or from PostgreSQL"
-              " (miss).\n# TYPE ahava_worker_push_token_cache_total counter\n"
+              " looked up in the tokens cache while it was in use: found"
+              " (hit) or read from PostgreSQL (miss).\n"
+              "# TYPE ahava_worker_push_token_cache_total counter\n"
               "ahava_worker_push_token_cache_total{result=\"hit\"} %llu\n"
               "ahava_worker_push_token_cache_total{result=\"miss\"} %llu\n"
               "# HELP ahava_worker_push_token_cache_capacity Users the push"
               " tokens cache holds at most (push_token_cache).\n"
               "# TYPE ahava_worker_push_token_cache_capacity gauge\n"
-              "ahava_worker_push_token_cache_capacity %zu\n",
-              (unsigned long long) hits, (unsigned long long) misses, cap);
+              "ahava_worker_push_token_cache_capacity %d\n"
+              "# HELP ahava_worker_push_token_cache_listening Whether the"
+              " push tokens cache is in use: it hears changes.\n"
+              "# TYPE ahava_worker_push_token_cache_listening gauge\n"
+              "ahava_worker_push_token_cache_listening %d\n",
+              (unsigned long long) hits, (unsigned long long) misses, cap,
+              listening);
 
     redis_up = ahava_http_redis_ok(m, c);
 

@@ -164,7 +164,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
     }
 
     /* the users the cache knows, after the changes it heard of */
-    cached = ahava_tokens_sync(t->conf, &epoch);
+    cached = ahava_tokens_sync(&epoch);
 
     /* {id,...} of the others: ids are safe in an array literal */
     p = ids;
@@ -215,7 +215,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
 
         /* what was heard meanwhile evicts, and voids fills sent at epoch */
         if (cached) {
-            ahava_tokens_sync(t->conf, &heard);
+            ahava_tokens_sync(&heard);
         }
 
         /* a user with no row (gone, or not active) has no tokens */

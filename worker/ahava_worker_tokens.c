@@ -11,22 +11,26 @@
  * Entries are dropped when they change, not when a lifetime runs out.  The
  * trigger of migration 008 notifies channel ahava_push_tokens with the
  * user's id at the commit of every change that could make an entry wrong
- * (tokens, isActive, a user added or deleted), and the cache LISTENs on a
- * connection of its own.  Before a runner consults the cache it reads what
- * that connection heard, so a push that starts after a change's
- * notification arrived (a millisecond or so after the commit) never uses
- * what the change replaced.  A fill is kept only if nothing was evicted
- * since its statement was sent: a change that committed after the
+ * (tokens, isActive, a user added or deleted).  A thread of its own keeps
+ * a connection that LISTENs and reads it as notifications arrive; a runner
+ * reads it too before it consults the cache, so a push that starts after a
+ * change's notification arrived (a millisecond or so after the commit)
+ * never uses what the change replaced.  A fill is kept only if nothing was
+ * evicted since its statement was sent: a change that committed after the
  * statement's snapshot either was heard by then or evicts the entry when
- * it is heard.  When the listening connection is lost, notifications may
- * have been missed: the cache is emptied and unused until it listens
- * again.  No entry is older than 60 s, for writers that fire no trigger
- * (TRUNCATE, session_replication_role = replica).
+ * it is heard.
  *
- * Without the trigger (migration 008 not applied, or the trigger disabled)
- * the cache is not used; that is checked again every minute.  Entries: a
- * bounded table of twice the users asked for, four slots per hash bucket,
- * the oldest replaced.
+ * The cache is used only while it is sure to hear: the listening
+ * connection sends itself a heartbeat every 5 s (a NOTIFY with an empty
+ * payload, with a look at the trigger) and the cache is unused unless one
+ * came back within 12 s and the trigger was there and enabled.  A lost,
+ * silent or failed connection, or a missing trigger, empties the cache;
+ * the thread connects again (after 1 s; 60 s when the trigger is missing).
+ * No entry is older than 60 s, for writers that fire no trigger (TRUNCATE,
+ * session_replication_role = replica, ALTER TABLE ... TYPE).
+ *
+ * Entries: a bounded table of twice the users asked for, four slots per
+ * hash bucket, the oldest replaced.
  */
 
 
@@ -40,19 +44,23 @@
 #include <string.h>
 
 
-#define AHAVA_TOKENS_TTL_MS     60000
-#define AHAVA_TOKENS_RETRY_MS   1000    /* listening connection lost */
-#define AHAVA_TOKENS_RECHECK_MS 60000   /* no trigger */
-#define AHAVA_TOKENS_ID_LEN     64      /* ahava_valid_id's bound */
-#define AHAVA_TOKENS_WAYS       4
+#define AHAVA_TOKENS_TTL_MS       60000
+#define AHAVA_TOKENS_BEAT_MS      5000
+#define AHAVA_TOKENS_DEAD_MS      12000   /* no heartbeat back: not heard */
+#define AHAVA_TOKENS_RETRY_MS     1000
+#define AHAVA_TOKENS_RECHECK_MS   60000   /* no trigger */
+#define AHAVA_TOKENS_ID_LEN       64      /* ahava_valid_id's bound */
+#define AHAVA_TOKENS_WAYS         4
 
 
 #define AHAVA_TOKENS_LISTEN_SQL                                               \
     "LISTEN ahava_push_tokens"
 
-#define AHAVA_TOKENS_TRIGGER_SQL                                              \
-    "SELECT 1 FROM pg_trigger WHERE tgrelid = 'users'::regclass"              \
-    " AND tgname = 'users_push_tokens_notify' AND tgenabled <> 'D'"
+/* the heartbeat, and whether the trigger would notify ordinary writers */
+#define AHAVA_TOKENS_BEAT_SQL                                                 \
+    "SELECT pg_notify('ahava_push_tokens', ''), EXISTS (SELECT 1"             \
+    " FROM pg_trigger WHERE tgrelid = 'users'::regclass"                      \
+    " AND tgname = 'users_push_tokens_notify' AND tgenabled IN ('O', 'A'))"
 
 
 typedef struct {
@@ -63,24 +71,37 @@ typedef struct {
 
 
 static struct {
-    pthread_mutex_t        lock;        /* everything below */
+    pthread_mutex_t        lock;        /* everything but the counters */
     ahava_tokens_entry_t  *entries;
     size_t                 nbuckets;    /* AHAVA_TOKENS_WAYS entries each */
+    int                    capacity;
     uint64_t               epoch;       /* +1 per eviction by notice */
 
-    PGconn                *listener;    /* LISTENing, trigger checked */
-    int64_t                next_try;
-    int                    warned;
+    PGconn                *listener;
+    int                    failed;      /* an error came on it */
+    int                    beating;     /* a heartbeat's result is due */
+    int64_t                beat_sent;
+    int64_t                beat_heard;  /* 0: none yet on this session */
+    int                    trigger_ok;
+    int                    heard;       /* what was last logged */
+    int                    no_trigger;  /* said so */
 
-    uint64_t               hits;
+    pthread_t              thread;
+    int                    running;
+    int                    stop;
+    ahava_conf_t          *conf;
+
+    uint64_t               hits;        /* atomics */
     uint64_t               misses;
 } ahava_tokens = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 
-static int ahava_tokens_read_locked(void);
-static void ahava_tokens_listen_locked(ahava_conf_t *conf);
-static void ahava_tokens_notice(void *arg, const char *message);
-static void ahava_tokens_drop_locked(int64_t retry_ms);
+static void *ahava_tokens_thread(void *arg);
+static PGconn *ahava_tokens_connect(ahava_conf_t *conf);
+static int ahava_tokens_usable_locked(int64_t now);
+static void ahava_tokens_read_locked(int64_t now);
+static void ahava_tokens_drop_locked(const char *why, const char *error);
+static void ahava_tokens_receiver(void *arg, const PGresult *res);
 static void ahava_tokens_evict_locked(const char *user);
 static void ahava_tokens_clear_locked(void);
 
@@ -93,6 +114,7 @@ ahava_tokens_init(int capacity)
     }
 
     /* twice as many slots as users: few buckets overflow */
+    ahava_tokens.capacity = capacity;
     ahava_tokens.nbuckets = (capacity + 1) / 2;
     ahava_tokens.entries = calloc(ahava_tokens.nbuckets * AHAVA_TOKENS_WAYS,
                                   sizeof(ahava_tokens_entry_t));
@@ -101,9 +123,37 @@ ahava_tokens_init(int capacity)
 }
 
 
+/* the listening thread; nothing to do without a cache or a database */
+int
+ahava_tokens_start(ahava_conf_t *conf)
+{
+    if (ahava_tokens.entries == NULL || conf->database_url == NULL) {
+        return 0;
+    }
+
+    ahava_tokens.conf = conf;
+
+    if (pthread_create(&ahava_tokens.thread, NULL, ahava_tokens_thread, NULL)
+        != 0)
+    {
+        return -1;
+    }
+
+    ahava_tokens.running = 1;
+
+    return 0;
+}
+
+
 void
 ahava_tokens_free(void)
 {
+    if (ahava_tokens.running) {
+        __atomic_store_n(&ahava_tokens.stop, 1, __ATOMIC_SEQ_CST);
+        pthread_join(ahava_tokens.thread, NULL);
+        ahava_tokens.running = 0;
+    }
+
     pthread_mutex_lock(&ahava_tokens.lock);
 
     if (ahava_tokens.entries) {
@@ -124,133 +174,152 @@ ahava_tokens_free(void)
 
 
 /*
- * Listen (connecting if needed) and evict what was heard.  Returns whether
- * the cache may be used now, and the epoch a fill must be sent at.
+ * Connects and listens; then reads what arrives as it arrives (so that the
+ * server never has to hold notifications for us) and sends the heartbeat.
  */
-int
-ahava_tokens_sync(ahava_conf_t *conf, uint64_t *epoch)
-{
-    PGnotify  *n;
-    int        ok;
-
-    if (ahava_tokens.entries == NULL) {
-        return 0;
-    }
-
-    pthread_mutex_lock(&ahava_tokens.lock);
-
-    if (ahava_tokens.listener == NULL
-        && ahava_mono_ms() >= ahava_tokens.next_try)
-    {
-        ahava_tokens_listen_locked(conf);
-    }
-
-    if (ahava_tokens.listener && ahava_tokens_read_locked() != 0) {
-        ahava_log("warn", "push tokens cache emptied: its connection was"
-                  " lost", "{s:s}", "error",
-                  PQerrorMessage(ahava_tokens.listener));
-        ahava_tokens_drop_locked(AHAVA_TOKENS_RETRY_MS);
-    }
-
-    if (ahava_tokens.listener) {
-        while ((n = PQnotifies(ahava_tokens.listener)) != NULL) {
-            ahava_tokens_evict_locked(n->extra);
-            ahava_tokens.epoch++;
-            PQfreemem(n);
-        }
-    }
-
-    ok = (ahava_tokens.listener != NULL);
-    *epoch = ahava_tokens.epoch;
-
-    pthread_mutex_unlock(&ahava_tokens.lock);
-
-    return ok;
-}
-
-
-/*
- * What the socket holds, without blocking, up to its end: a terminated
- * session sends its error and then closes, and the close must be seen now
- * (the notices it would have brought are lost), not at the next read.
- */
-static int
-ahava_tokens_read_locked(void)
+static void *
+ahava_tokens_thread(void *arg)
 {
     struct pollfd   pfd;
-    PGconn         *pg = ahava_tokens.listener;
-    int             i;
+    PGconn         *pg;
+    int64_t         now, next_try;
+    int             fd;
 
-    pfd.fd = PQsocket(pg);
-    pfd.events = POLLIN;
+    next_try = 0;
 
-    for (i = 0; i < 16; i++) {
-        if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK) {
-            return -1;
+    while (!__atomic_load_n(&ahava_tokens.stop, __ATOMIC_SEQ_CST)) {
+
+        now = ahava_mono_ms();
+
+        pthread_mutex_lock(&ahava_tokens.lock);
+        pg = ahava_tokens.listener;
+        fd = pg ? PQsocket(pg) : -1;
+        pthread_mutex_unlock(&ahava_tokens.lock);
+
+        if (pg == NULL) {
+            if (now < next_try) {
+                poll(NULL, 0, 200);
+                continue;
+            }
+
+            /* blocking, here only: the runners go on without the cache */
+            pg = ahava_tokens_connect(ahava_tokens.conf);
+            next_try = ahava_mono_ms() + AHAVA_TOKENS_RETRY_MS;
+
+            if (pg == NULL) {
+                continue;
+            }
+
+            pthread_mutex_lock(&ahava_tokens.lock);
+
+            /* what changed while nobody listened is unknown: start empty */
+            ahava_tokens_clear_locked();
+            ahava_tokens.epoch++;
+            ahava_tokens.listener = pg;
+            ahava_tokens.failed = 0;
+            ahava_tokens.beating = 0;
+            ahava_tokens.beat_sent = 0;
+            ahava_tokens.beat_heard = 0;
+            ahava_tokens.trigger_ok = 0;
+
+            /* the first heartbeat at once: the cache is unused until it
+             * comes back */
+            if (PQsendQuery(pg, AHAVA_TOKENS_BEAT_SQL)) {
+                ahava_tokens.beating = 1;
+                ahava_tokens.beat_sent = ahava_mono_ms();
+            }
+
+            pthread_mutex_unlock(&ahava_tokens.lock);
+            continue;
         }
 
+        /* a runner may drop the listener meanwhile: then this wakes early */
+        pfd.fd = fd;
+        pfd.events = POLLIN;
         pfd.revents = 0;
 
-        if (poll(&pfd, 1, 0) <= 0) {
-            return 0;
+        (void) poll(&pfd, 1, 1000);
+
+        now = ahava_mono_ms();
+
+        pthread_mutex_lock(&ahava_tokens.lock);
+
+        ahava_tokens_read_locked(now);
+
+        if (ahava_tokens.listener && !ahava_tokens.beating
+            && now - ahava_tokens.beat_sent >= AHAVA_TOKENS_BEAT_MS)
+        {
+            if (PQsendQuery(ahava_tokens.listener, AHAVA_TOKENS_BEAT_SQL)) {
+                ahava_tokens.beating = 1;
+                ahava_tokens.beat_sent = now;
+
+            } else {
+                ahava_tokens_drop_locked("its connection failed",
+                                         PQerrorMessage(ahava_tokens.listener));
+            }
         }
+
+        if (ahava_tokens.listener
+            && now - (ahava_tokens.beat_heard ? ahava_tokens.beat_heard
+                                              : ahava_tokens.beat_sent)
+               > AHAVA_TOKENS_DEAD_MS
+            && ahava_tokens.beat_sent)
+        {
+            ahava_tokens_drop_locked("no heartbeat came back (a pooler in"
+                                     " transaction mode? a silent network?)",
+                                     "");
+        }
+
+        if (ahava_tokens.listener && ahava_tokens.trigger_ok < 0) {
+            if (!ahava_tokens.no_trigger) {
+                ahava_log("warn", "push tokens are read for every push: the"
+                          " trigger users_push_tokens_notify is missing or"
+                          " disabled (run ahava-migrate)", "{}");
+                ahava_tokens.no_trigger = 1;
+            }
+
+            ahava_tokens_drop_locked("no trigger", "");
+            next_try = now + AHAVA_TOKENS_RECHECK_MS;
+
+        } else if (ahava_tokens.trigger_ok > 0) {
+            ahava_tokens.no_trigger = 0;
+        }
+
+        if (ahava_tokens.listener == NULL && next_try < now) {
+            next_try = now + AHAVA_TOKENS_RETRY_MS;
+        }
+
+        pthread_mutex_unlock(&ahava_tokens.lock);
     }
 
-    return 0;
+    return NULL;
 }
 
 
-/* the server's message before it closes (FATAL ...): our own line says it */
-static void
-ahava_tokens_notice(void *arg, const char *message)
-{
-}
-
-
-static void
-ahava_tokens_listen_locked(ahava_conf_t *conf)
+static PGconn *
+ahava_tokens_connect(ahava_conf_t *conf)
 {
     PGresult    *res;
     PGconn      *pg;
     int          ok;
     const char  *keys[] = { "dbname", "connect_timeout", "application_name",
-                            "keepalives", "keepalives_idle",
-                            "keepalives_interval", "keepalives_count", NULL };
-    const char  *values[] = { NULL, "5", "ahava-worker", "1", "30", "10", "3",
-                              NULL };
-
-    ahava_tokens.next_try = ahava_mono_ms() + AHAVA_TOKENS_RETRY_MS;
-
-    if (conf->database_url == NULL) {
-        return;
-    }
+                            "options", "keepalives", "keepalives_idle",
+                            "keepalives_interval", "keepalives_count",
+                            "client_encoding", NULL };
+    const char  *values[] = { NULL, "5", "ahava-worker-tokens",
+                              "-c statement_timeout=10000", "1", "30", "10",
+                              "3", "UTF8", NULL };
 
     values[0] = conf->database_url;
     pg = PQconnectdbParams(keys, values, 1);
 
     if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
         PQfinish(pg);
-        return;                 /* the runners' own statements say why */
+        return NULL;            /* the runners' own statements say why */
     }
 
-    PQsetNoticeProcessor(pg, ahava_tokens_notice, NULL);
-
-    res = PQexec(pg, AHAVA_TOKENS_TRIGGER_SQL);
-    ok = (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1);
-    PQclear(res);
-
-    if (!ok) {
-        if (!ahava_tokens.warned) {
-            ahava_tokens.warned = 1;
-            ahava_log("warn", "push tokens are read for every push: the"
-                      " trigger users_push_tokens_notify is missing or"
-                      " disabled (run ahava-migrate)", "{}");
-        }
-
-        PQfinish(pg);
-        ahava_tokens.next_try = ahava_mono_ms() + AHAVA_TOKENS_RECHECK_MS;
-        return;
-    }
+    /* the server's last words before it closes (FATAL ...) */
+    PQsetNoticeReceiver(pg, ahava_tokens_receiver, NULL);
 
     res = PQexec(pg, AHAVA_TOKENS_LISTEN_SQL);
     ok = (PQresultStatus(res) == PGRES_COMMAND_OK);
@@ -258,25 +327,182 @@ ahava_tokens_listen_locked(ahava_conf_t *conf)
 
     if (!ok) {
         PQfinish(pg);
+        return NULL;
+    }
+
+    return pg;
+}
+
+
+/* an ERROR or FATAL while no statement of ours runs: the session is over */
+static void
+ahava_tokens_receiver(void *arg, const PGresult *res)
+{
+    const char  *sev;
+
+    sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+
+    if (sev && (strcmp(sev, "ERROR") == 0 || strcmp(sev, "FATAL") == 0
+                || strcmp(sev, "PANIC") == 0))
+    {
+        /* called with the cache's lock held: inside a read */
+        ahava_tokens.failed = 1;
+    }
+}
+
+
+/*
+ * What the listener's socket holds, without blocking, up to its end: the
+ * notifications (evictions, or a heartbeat come back), the heartbeat's
+ * result, an error, or the close.
+ */
+static void
+ahava_tokens_read_locked(int64_t now)
+{
+    struct pollfd   pfd;
+    PGnotify       *n;
+    PGresult       *res;
+    PGconn         *pg;
+    int             i;
+
+    pg = ahava_tokens.listener;
+
+    if (pg == NULL) {
         return;
     }
 
-    /* what changed while nobody listened is unknown: start empty */
-    ahava_tokens_clear_locked();
-    ahava_tokens.epoch++;
-    ahava_tokens.listener = pg;
+    pfd.fd = PQsocket(pg);
+    pfd.events = POLLIN;
+
+    for (i = 0; ; i++) {
+        if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK) {
+            ahava_tokens_drop_locked("its connection was lost",
+                                     PQerrorMessage(pg));
+            return;
+        }
+
+        while ((n = PQnotifies(pg)) != NULL) {
+            if (n->extra[0] == '\0') {
+                ahava_tokens.beat_heard = now;
+
+            } else {
+                ahava_tokens_evict_locked(n->extra);
+                ahava_tokens.epoch++;
+            }
+
+            PQfreemem(n);
+        }
+
+        while (ahava_tokens.beating && !PQisBusy(pg)) {
+            res = PQgetResult(pg);
+
+            if (res == NULL) {
+                ahava_tokens.beating = 0;
+                break;
+            }
+
+            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+                ahava_tokens.trigger_ok =
+                    (PQgetvalue(res, 0, 1)[0] == 't') ? 1 : -1;
+
+            } else {
+                ahava_tokens.failed = 1;
+            }
+
+            PQclear(res);
+        }
+
+        if (ahava_tokens.failed) {
+            ahava_tokens_drop_locked("an error came on its connection",
+                                     PQerrorMessage(pg));
+            return;
+        }
+
+        pfd.revents = 0;
+
+        if (poll(&pfd, 1, 0) <= 0) {
+            return;
+        }
+
+        /* more than a heartbeat's worth of reads: we cannot keep up */
+        if (i == 10000) {
+            ahava_tokens_drop_locked("too many notifications to keep up",
+                                     "");
+            return;
+        }
+    }
+}
+
+
+static int
+ahava_tokens_usable_locked(int64_t now)
+{
+    return ahava_tokens.listener != NULL
+           && ahava_tokens.trigger_ok > 0
+           && ahava_tokens.beat_heard != 0
+           && now - ahava_tokens.beat_heard <= AHAVA_TOKENS_DEAD_MS;
 }
 
 
 static void
-ahava_tokens_drop_locked(int64_t retry_ms)
+ahava_tokens_drop_locked(const char *why, const char *error)
 {
+    char  err[AHAVA_ERR_LEN];
+
+    snprintf(err, sizeof(err), "%s", error);
+    err[strcspn(err, "\n")] = '\0';
+
+    if (ahava_tokens.heard) {
+        ahava_log("warn", "push tokens cache emptied and unused", "{s:s,s:s}",
+                  "why", why, "error", err);
+        ahava_tokens.heard = 0;
+    }
+
     PQfinish(ahava_tokens.listener);
     ahava_tokens.listener = NULL;
-    ahava_tokens.next_try = ahava_mono_ms() + retry_ms;
+    ahava_tokens.beating = 0;
+    ahava_tokens.failed = 0;
 
     ahava_tokens_clear_locked();
     ahava_tokens.epoch++;
+}
+
+
+/*
+ * Before a batch: what was heard evicts.  Returns whether the cache may be
+ * used now, and the epoch a fill must be sent at.
+ */
+int
+ahava_tokens_sync(uint64_t *epoch)
+{
+    int64_t  now;
+    int      ok;
+
+    *epoch = 0;
+
+    if (ahava_tokens.entries == NULL) {
+        return 0;
+    }
+
+    pthread_mutex_lock(&ahava_tokens.lock);
+
+    now = ahava_mono_ms();
+
+    ahava_tokens_read_locked(now);
+
+    ok = ahava_tokens_usable_locked(now);
+
+    if (ok && !ahava_tokens.heard) {
+        ahava_log("info", "push tokens cache in use: listening for changes",
+                  "{s:i}", "capacity", ahava_tokens.capacity);
+        ahava_tokens.heard = 1;
+    }
+
+    *epoch = ahava_tokens.epoch;
+
+    pthread_mutex_unlock(&ahava_tokens.lock);
+
+    return ok;
 }
 
 
@@ -309,11 +535,12 @@ ahava_tokens_get(const char *user)
     }
 
     copy = NULL;
-    now = ahava_mono_ms();
 
     pthread_mutex_lock(&ahava_tokens.lock);
 
-    if (ahava_tokens.listener == NULL) {
+    now = ahava_mono_ms();
+
+    if (!ahava_tokens_usable_locked(now)) {
         pthread_mutex_unlock(&ahava_tokens.lock);
         return NULL;
     }
@@ -329,13 +556,10 @@ ahava_tokens_get(const char *user)
         }
     }
 
-    if (copy) {
-        ahava_tokens.hits++;
-    } else {
-        ahava_tokens.misses++;
-    }
-
     pthread_mutex_unlock(&ahava_tokens.lock);
+
+    __atomic_fetch_add(copy ? &ahava_tokens.hits : &ahava_tokens.misses, 1,
+                       __ATOMIC_RELAXED);
 
     return copy;
 }
@@ -363,7 +587,9 @@ ahava_tokens_put(const char *user, const char *tokens, uint64_t epoch)
 
     pthread_mutex_lock(&ahava_tokens.lock);
 
-    if (ahava_tokens.listener == NULL || epoch != ahava_tokens.epoch) {
+    if (epoch != ahava_tokens.epoch
+        || !ahava_tokens_usable_locked(ahava_mono_ms()))
+    {
         pthread_mutex_unlock(&ahava_tokens.lock);
         free(copy);
         return;
@@ -410,13 +636,22 @@ ahava_tokens_evict(const char *user)
 }
 
 
+/* for /metrics; listening: whether the cache is in use now */
 void
-ahava_tokens_stats(uint64_t *hits, uint64_t *misses, size_t *capacity)
+ahava_tokens_stats(uint64_t *hits, uint64_t *misses, int *capacity,
+    int *listening)
 {
+    *hits = __atomic_load_n(&ahava_tokens.hits, __ATOMIC_RELAXED);
+    *misses = __atomic_load_n(&ahava_tokens.misses, __ATOMIC_RELAXED);
+    *capacity = ahava_tokens.capacity;
+
+    if (ahava_tokens.entries == NULL) {
+        *listening = 0;
+        return;
+    }
+
     pthread_mutex_lock(&ahava_tokens.lock);
-    *hits = ahava_tokens.hits;
-    *misses = ahava_tokens.misses;
-    *capacity = ahava_tokens.nbuckets * 2;     /* the users asked for */
+    *listening = ahava_tokens_usable_locked(ahava_mono_ms());
     pthread_mutex_unlock(&ahava_tokens.lock);
 }
 
