@@ -59,7 +59,7 @@
 /* the heartbeat, and whether the trigger would notify ordinary writers */
 #define AHAVA_TOKENS_BEAT_SQL                                                 \
     "SELECT pg_notify('ahava_push_tokens', ''), EXISTS (SELECT 1"             \
-    " FROM pg_trigger WHERE tgrelid = 'users'::regclass"                      \
+    " FROM pg_trigger WHERE tgrelid = to_regclass('users')"                   \
     " AND tgname = 'users_push_tokens_notify' AND tgenabled IN ('O', 'A'))"
 
 
@@ -85,6 +85,8 @@ static struct {
     int                    trigger_ok;
     int                    heard;       /* what was last logged */
     int                    no_trigger;  /* said so */
+    int                    failing;     /* connects failed in a row */
+    char                   last_words[AHAVA_ERR_LEN];
 
     pthread_t              thread;
     int                    running;
@@ -98,8 +100,10 @@ static struct {
 
 static void *ahava_tokens_thread(void *arg);
 static PGconn *ahava_tokens_connect(ahava_conf_t *conf);
+static void ahava_tokens_failure(PGconn *pg);
 static int ahava_tokens_usable_locked(int64_t now);
 static void ahava_tokens_read_locked(int64_t now);
+static void ahava_tokens_heard_locked(PGconn *pg, int64_t now);
 static void ahava_tokens_drop_locked(const char *why, const char *error);
 static void ahava_tokens_receiver(void *arg, const PGresult *res);
 static void ahava_tokens_evict_locked(const char *user);
@@ -216,7 +220,6 @@ ahava_tokens_thread(void *arg)
             ahava_tokens_clear_locked();
             ahava_tokens.epoch++;
             ahava_tokens.listener = pg;
-            ahava_tokens.failed = 0;
             ahava_tokens.beating = 0;
             ahava_tokens.beat_sent = 0;
             ahava_tokens.beat_heard = 0;
@@ -233,7 +236,8 @@ ahava_tokens_thread(void *arg)
             continue;
         }
 
-        /* a runner may drop the listener meanwhile: then this wakes early */
+        /* a runner may drop the listener meanwhile: then this polls a
+         * closed (or reused) descriptor, for a second at most */
         pfd.fd = fd;
         pfd.events = POLLIN;
         pfd.revents = 0;
@@ -305,17 +309,19 @@ ahava_tokens_connect(ahava_conf_t *conf)
     const char  *keys[] = { "dbname", "connect_timeout", "application_name",
                             "options", "keepalives", "keepalives_idle",
                             "keepalives_interval", "keepalives_count",
-                            "client_encoding", NULL };
+                            "tcp_user_timeout", "client_encoding", NULL };
     const char  *values[] = { NULL, "5", "ahava-worker-tokens",
-                              "-c statement_timeout=10000", "1", "30", "10",
-                              "3", "UTF8", NULL };
+                              "-c statement_timeout=10000"
+                              " -c idle_session_timeout=0",
+                              "1", "30", "10", "3", "10000", "UTF8", NULL };
 
     values[0] = conf->database_url;
     pg = PQconnectdbParams(keys, values, 1);
 
     if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+        ahava_tokens_failure(pg);
         PQfinish(pg);
-        return NULL;            /* the runners' own statements say why */
+        return NULL;
     }
 
     /* the server's last words before it closes (FATAL ...) */
@@ -326,11 +332,33 @@ ahava_tokens_connect(ahava_conf_t *conf)
     PQclear(res);
 
     if (!ok) {
+        ahava_tokens_failure(pg);
         PQfinish(pg);
         return NULL;
     }
 
+    ahava_tokens.failing = 0;
+
     return pg;
+}
+
+
+/* the first failure of a streak is logged; the runners go on uncached */
+static void
+ahava_tokens_failure(PGconn *pg)
+{
+    char  err[AHAVA_ERR_LEN];
+
+    if (ahava_tokens.failing++) {
+        return;
+    }
+
+    snprintf(err, sizeof(err), "%s", pg ? PQerrorMessage(pg) : "no memory");
+    err[strcspn(err, "\n")] = '\0';
+
+    ahava_log("warn", "push tokens cache cannot listen: every push reads the"
+              " tokens meanwhile (tried again every second)", "{s:s}",
+              "error", err);
 }
 
 
@@ -342,11 +370,17 @@ ahava_tokens_receiver(void *arg, const PGresult *res)
 
     sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 
+    if (sev == NULL) {
+        sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    }
+
     if (sev && (strcmp(sev, "ERROR") == 0 || strcmp(sev, "FATAL") == 0
                 || strcmp(sev, "PANIC") == 0))
     {
         /* called with the cache's lock held: inside a read */
         ahava_tokens.failed = 1;
+        snprintf(ahava_tokens.last_words, AHAVA_ERR_LEN, "%s",
+                 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) ?: sev);
     }
 }
 
@@ -360,7 +394,6 @@ static void
 ahava_tokens_read_locked(int64_t now)
 {
     struct pollfd   pfd;
-    PGnotify       *n;
     PGresult       *res;
     PGconn         *pg;
     int             i;
@@ -381,17 +414,7 @@ ahava_tokens_read_locked(int64_t now)
             return;
         }
 
-        while ((n = PQnotifies(pg)) != NULL) {
-            if (n->extra[0] == '\0') {
-                ahava_tokens.beat_heard = now;
-
-            } else {
-                ahava_tokens_evict_locked(n->extra);
-                ahava_tokens.epoch++;
-            }
-
-            PQfreemem(n);
-        }
+        ahava_tokens_heard_locked(pg, now);
 
         while (ahava_tokens.beating && !PQisBusy(pg)) {
             res = PQgetResult(pg);
@@ -412,9 +435,14 @@ ahava_tokens_read_locked(int64_t now)
             PQclear(res);
         }
 
+        /* what the result loop parsed after the heartbeat's result */
+        ahava_tokens_heard_locked(pg, now);
+
         if (ahava_tokens.failed) {
             ahava_tokens_drop_locked("an error came on its connection",
-                                     PQerrorMessage(pg));
+                                     ahava_tokens.last_words[0]
+                                     ? ahava_tokens.last_words
+                                     : PQerrorMessage(pg));
             return;
         }
 
@@ -430,6 +458,30 @@ ahava_tokens_read_locked(int64_t now)
                                      "");
             return;
         }
+    }
+}
+
+
+/*
+ * The notifications libpq parsed: evictions, or our own heartbeat back
+ * (from our session's backend: other workers' heartbeats say nothing
+ * about our connection)
+ */
+static void
+ahava_tokens_heard_locked(PGconn *pg, int64_t now)
+{
+    PGnotify  *n;
+
+    while ((n = PQnotifies(pg)) != NULL) {
+        if (n->extra[0] != '\0') {
+            ahava_tokens_evict_locked(n->extra);
+            ahava_tokens.epoch++;
+
+        } else if (n->be_pid == PQbackendPID(pg)) {
+            ahava_tokens.beat_heard = now;
+        }
+
+        PQfreemem(n);
     }
 }
 
@@ -462,6 +514,7 @@ ahava_tokens_drop_locked(const char *why, const char *error)
     ahava_tokens.listener = NULL;
     ahava_tokens.beating = 0;
     ahava_tokens.failed = 0;
+    ahava_tokens.last_words[0] = '\0';
 
     ahava_tokens_clear_locked();
     ahava_tokens.epoch++;
