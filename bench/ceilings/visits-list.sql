@@ -1,6 +1,7 @@
 -- GET /api/visits?limit=20 for one caller: the best SQL found for the read
 -- (one round trip: the exact total and the page, cut before its people are
--- looked up; plain columns, no JSON building).  :uid is the caller; pgbench
+-- looked up, each by the byte-order index of sql/009; plain columns, no JSON
+-- building).  :uid is the caller; pgbench
 -- -M prepared binds it.  bench/side-by-side makes one file per role from
 -- this template (the role's filter is not a parameter; the admin's total
 -- is the sum of the per-status counters of sql/005_visit_counts.sql).
@@ -13,9 +14,9 @@ LEFT JOIN LATERAL (
   FROM (SELECT v.*, b."patientId" FROM visits v JOIN bookings b ON b.id = v."bookingId"
         WHERE @FILTER@ ORDER BY v."createdAt" DESC, v.id DESC LIMIT 20 OFFSET 0) v
   LEFT JOIN LATERAL (SELECT u.id, u."firstName", u."lastName" FROM users u
-                     WHERE u.id = v."patientId" OFFSET 0) p ON true
+                     WHERE u.id COLLATE "C" = v."patientId" OFFSET 0) p ON true
   LEFT JOIN LATERAL (SELECT u.id, u."firstName", u."lastName" FROM users u
-                     WHERE u.id = v."nurseId" OFFSET 0) n ON true
+                     WHERE u.id COLLATE "C" = v."nurseId" OFFSET 0) n ON true
   LEFT JOIN LATERAL (SELECT u.id, u."firstName", u."lastName" FROM users u
-                     WHERE u.id = v."doctorId" OFFSET 0) d ON true
+                     WHERE u.id COLLATE "C" = v."doctorId" OFFSET 0) d ON true
   ORDER BY v."createdAt" DESC, v.id DESC) v ON true;
