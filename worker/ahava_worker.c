@@ -59,6 +59,8 @@ static void ahava_runner_sent(ahava_runner_t *r);
 static void ahava_runner_backoff(ahava_runner_t *r, long *backoff);
 static void *ahava_keeper(void *arg);
 static void ahava_wait(ahava_main_t *m, long ms, int *flag);
+static void ahava_log_completed(const char *queue, const char *id,
+    const char *name, long attempt, double ms);
 
 
 ahava_main_t  ahava_main;
@@ -1176,9 +1178,7 @@ ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job, ahava_bq_job_t *bj,
         ahava_bq_keep(opts, "removeOnComplete", &q->keep_completed, &f->keep);
 
         __atomic_fetch_add(&q->m.completed, 1, __ATOMIC_RELAXED);
-        ahava_log("info", "job completed", "{s:s,s:s,s:s,s:I,s:f}",
-                  "queue", q->name, "jobId", bj->id, "name", bj->name,
-                  "attempt", (json_int_t) (bj->atm + 1), "ms", ms);
+        ahava_log_completed(q->name, bj->id, bj->name, bj->atm + 1, ms);
         return;
     }
 
@@ -1419,6 +1419,58 @@ ahava_vlog(const char *level, const char *msg, const char *fmt, va_list ap)
     line[n] = '\n';
     (void) !write(STDERR_FILENO, line, n + 1);
     free(line);
+}
+
+
+/* printable ASCII that needs no escaping in a JSON string */
+static int
+ahava_json_plain(const char *s, size_t max)
+{
+    size_t  i;
+
+    for (i = 0; s[i]; i++) {
+        if (i == max || s[i] < 0x20 || s[i] > 0x7e || s[i] == '"'
+            || s[i] == '\\')
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
+ * The line of every completed job, the same as ahava_log() writes, without
+ * building a JSON object: it is a drain's hot path (jansson cost about 5 µs
+ * a job, a twentieth of all the CPU a drained job costs).  Anything that
+ * would need escaping goes the general way.
+ */
+static void
+ahava_log_completed(const char *queue, const char *id, const char *name,
+    long attempt, double ms)
+{
+    char  line[1024], ts[32];
+    int   n;
+
+    if (!ahava_json_plain(queue, 100) || !ahava_json_plain(id, 300)
+        || !ahava_json_plain(name, 300))
+    {
+        ahava_log("info", "job completed", "{s:s,s:s,s:s,s:I,s:f}",
+                  "queue", queue, "jobId", id, "name", name,
+                  "attempt", (json_int_t) attempt, "ms", ms);
+        return;
+    }
+
+    n = snprintf(line, sizeof(line), "{\"queue\":\"%s\",\"jobId\":\"%s\","
+                 "\"name\":\"%s\",\"attempt\":%ld,\"ms\":%.6g,\"ts\":\"%s\","
+                 "\"level\":\"info\",\"msg\":\"job completed\"}\n",
+                 queue, id, name, attempt, ms,
+                 ahava_iso_now(ts, sizeof(ts)));
+
+    if (n > 0 && (size_t) n < sizeof(line)) {
+        (void) !write(STDERR_FILENO, line, n);
+    }
 }
 
 
