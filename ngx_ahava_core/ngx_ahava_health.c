@@ -56,6 +56,49 @@ ngx_ahava_health(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
  * buffers is a bad token (401), not a bad request.
  */
 
+/*
+ * A download that ends in an error (a Range past the end: 416) had set its
+ * file's headers before nginx's error_page took over: they are not the
+ * error's.  The others (Allow, Content-Range, Retry-After, nosniff) stay.
+ */
+static void
+ngx_ahava_error_page_clear(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    for (part = &r->headers_out.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if ((h[i].key.len == sizeof("Cache-Control") - 1
+                 && ngx_strncasecmp(h[i].key.data, (u_char *) "Cache-Control",
+                                    h[i].key.len) == 0)
+                || (h[i].key.len == sizeof("Content-Disposition") - 1
+                    && ngx_strncasecmp(h[i].key.data,
+                                       (u_char *) "Content-Disposition",
+                                       h[i].key.len) == 0))
+            {
+                h[i].hash = 0;
+            }
+        }
+    }
+
+    if (r->headers_out.etag) {
+        r->headers_out.etag->hash = 0;
+        r->headers_out.etag = NULL;
+    }
+
+    if (r->headers_out.last_modified) {
+        r->headers_out.last_modified->hash = 0;
+        r->headers_out.last_modified = NULL;
+    }
+
+    r->headers_out.last_modified_time = -1;
+}
+
+
 ngx_int_t
 ngx_ahava_error_page_handler(ngx_http_request_t *r)
 {
@@ -99,6 +142,8 @@ ngx_ahava_error_page_handler(ngx_http_request_t *r)
                       "(TOKEN_INVALID)");
         status = NGX_HTTP_UNAUTHORIZED;
     }
+
+    ngx_ahava_error_page_clear(r);
 
     /* what nginx sends as the status (ngx_http_send_header) */
     r->err_status = status;

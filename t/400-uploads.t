@@ -393,6 +393,11 @@ my $doc = $STORED{pdf}{url};
     is_deeply([$past->json->{success}, $past->json->{code}, $past->json->{error}],
               [JSON::PP::false, 'VALIDATION_ERROR', 'Range not satisfiable'], '... as SPEC §4 JSON') or diag $past->raw;
     is($past->header('content-range'), "bytes */$len", '... whose Content-Range gives the size');
+    is_deeply([$past->header('etag'), $past->header('cache-control')], [undef, 'no-store'],
+              "... and none of the file's headers: no ETag, Cache-Control no-store");
+    my $dpast = response(GET => $doc, as => 'nurse1', headers => { Range => 'bytes=100000000-' });
+    is($dpast->status, 416, 'a document: 416 too');
+    ok(!defined $dpast->header('content-disposition'), '... without Content-Disposition: attachment');
     my $etag = $d->header('etag');
     ok($etag, "an ETag ($etag)");
     my $nm = response(GET => $img, as => 'nurse1', headers => { 'If-None-Match' => $etag });

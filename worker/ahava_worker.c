@@ -181,10 +181,6 @@ main(int argc, char **argv)
 
     ahava_bq_init();
 
-    if (ahava_tokens_init(m->conf->push_token_cache) != 0) {
-        fprintf(stderr, "ahava-worker: out of memory for push_token_cache\n");
-        return 1;
-    }
 
     /* signals are taken by this thread only, with sigwait() */
     sigemptyset(&set);
@@ -197,6 +193,28 @@ main(int argc, char **argv)
     /* a bad metrics_listen is a configuration error: before any job */
     if (ahava_http_start(m) != 0) {
         return 2;
+    }
+
+    /* the push tokens cache, for a process that sends pushes */
+    for (i = 0; i < m->nqueues; i++) {
+        if (m->queues[i].enabled
+            && m->queues[i].process_batch == ahava_push_process_batch)
+        {
+            break;
+        }
+    }
+
+    if (i < m->nqueues && m->conf->database_url) {
+        if (ahava_tokens_init(m->conf->push_token_cache) != 0) {
+            fprintf(stderr, "ahava-worker: out of memory for"
+                    " push_token_cache\n");
+            return 1;
+        }
+
+        if (ahava_tokens_start(m->conf) != 0) {
+            fprintf(stderr, "ahava-worker: pthread_create failed\n");
+            return 1;
+        }
     }
 
     for (i = 0; i < m->nqueues; i++) {
@@ -231,19 +249,6 @@ main(int argc, char **argv)
         }
     }
 
-    /* the tokens cache's listener, for a process that sends pushes */
-    for (i = 0; i < m->nqueues; i++) {
-        if (m->queues[i].enabled
-            && m->queues[i].process_batch == ahava_push_process_batch)
-        {
-            break;
-        }
-    }
-
-    if (i < m->nqueues && ahava_tokens_start(m->conf) != 0) {
-        fprintf(stderr, "ahava-worker: pthread_create failed\n");
-        return 1;
-    }
 
     if (pthread_create(&m->keeper, NULL, ahava_keeper, m) != 0) {
         fprintf(stderr, "ahava-worker: cannot start\n");
@@ -466,7 +471,7 @@ ahava_conf_set(ahava_main_t *m, const char *key, const char *value,
 
     if (strcmp(key, "push_token_cache") == 0) {
         return ahava_conf_int(&conf->push_token_cache, key, value, 0,
-                              10000000, where);
+                              1000000, where);
     }
 
     if (strcmp(key, "stalled_interval_ms") == 0) {

@@ -6,7 +6,8 @@
 
 /*
  * push-notification (SPEC §9): Expo's push API.  A runner's jobs go out
- * together: one statement reads every recipient's pushTokens, and the
+ * together: the recipients' pushTokens come from the tokens cache
+ * (ahava_worker_tokens.c), one statement reads those it lacks, and the
  * messages (one per token) are POSTed as JSON arrays of at most 100, as
  * Expo asks.  A ticket saying DeviceNotRegistered removes that token from
  * its user; 429 and 5xx answers are retried with the job's backoff.
@@ -97,7 +98,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
     json_t              *tok;
     json_t             **tokens;
     const char          *user, *param;
-    uint64_t             epoch, heard;
+    uint64_t             epoch;
     char                 err[AHAVA_ERR_LEN], *ids, *p, **known;
     size_t               len, k;
     int                  i, j, row, nmsgs, nvalid, nmissing, first, cached;
@@ -215,7 +216,7 @@ ahava_push_process_batch(ahava_thread_t *t, ahava_job_t **jobs, int n,
 
         /* what was heard meanwhile evicts, and voids fills sent at epoch */
         if (cached) {
-            ahava_tokens_sync(&heard);
+            (void) ahava_tokens_sync(NULL);
         }
 
         /* a user with no row (gone, or not active) has no tokens */

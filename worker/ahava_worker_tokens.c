@@ -47,7 +47,7 @@
 #define AHAVA_TOKENS_TTL_MS       60000
 #define AHAVA_TOKENS_BEAT_MS      5000
 #define AHAVA_TOKENS_DEAD_MS      12000   /* no heartbeat back: not heard */
-#define AHAVA_TOKENS_RETRY_MS     1000
+#define AHAVA_TOKENS_RETRY_MS     1000    /* doubled per failure, to 60 s */
 #define AHAVA_TOKENS_RECHECK_MS   60000   /* no trigger */
 #define AHAVA_TOKENS_ID_LEN       64      /* ahava_valid_id's bound */
 #define AHAVA_TOKENS_WAYS         4
@@ -56,9 +56,12 @@
 #define AHAVA_TOKENS_LISTEN_SQL                                               \
     "LISTEN ahava_push_tokens"
 
-/* the heartbeat, and whether the trigger would notify ordinary writers */
+/*
+ * the heartbeat (a payload no user id can be: ":hb:" and this session's
+ * random marker), and whether the trigger would notify ordinary writers
+ */
 #define AHAVA_TOKENS_BEAT_SQL                                                 \
-    "SELECT pg_notify('ahava_push_tokens', ''), EXISTS (SELECT 1"             \
+    "SELECT pg_notify('ahava_push_tokens', $1), EXISTS (SELECT 1"             \
     " FROM pg_trigger WHERE tgrelid = to_regclass('users')"                   \
     " AND tgname = 'users_push_tokens_notify' AND tgenabled IN ('O', 'A'))"
 
@@ -85,7 +88,8 @@ static struct {
     int                    trigger_ok;
     int                    heard;       /* what was last logged */
     int                    no_trigger;  /* said so */
-    int                    failing;     /* connects failed in a row */
+    int                    failing;     /* failures since last heard */
+    char                   marker[24];  /* this session's heartbeat */
     char                   last_words[AHAVA_ERR_LEN];
 
     pthread_t              thread;
@@ -101,6 +105,8 @@ static struct {
 static void *ahava_tokens_thread(void *arg);
 static PGconn *ahava_tokens_connect(ahava_conf_t *conf);
 static void ahava_tokens_failure(PGconn *pg);
+static int64_t ahava_tokens_backoff(void);
+static void ahava_tokens_beat_locked(int64_t now);
 static int ahava_tokens_usable_locked(int64_t now);
 static void ahava_tokens_read_locked(int64_t now);
 static void ahava_tokens_heard_locked(PGconn *pg, int64_t now);
@@ -208,9 +214,9 @@ ahava_tokens_thread(void *arg)
 
             /* blocking, here only: the runners go on without the cache */
             pg = ahava_tokens_connect(ahava_tokens.conf);
-            next_try = ahava_mono_ms() + AHAVA_TOKENS_RETRY_MS;
 
             if (pg == NULL) {
+                next_try = ahava_mono_ms() + ahava_tokens_backoff();
                 continue;
             }
 
@@ -225,12 +231,14 @@ ahava_tokens_thread(void *arg)
             ahava_tokens.beat_heard = 0;
             ahava_tokens.trigger_ok = 0;
 
+            strcpy(ahava_tokens.marker, ":hb:");
+            if (ahava_random_hex(ahava_tokens.marker + 4, 8) != 0) {
+                strcpy(ahava_tokens.marker + 4, "0");
+            }
+
             /* the first heartbeat at once: the cache is unused until it
              * comes back */
-            if (PQsendQuery(pg, AHAVA_TOKENS_BEAT_SQL)) {
-                ahava_tokens.beating = 1;
-                ahava_tokens.beat_sent = ahava_mono_ms();
-            }
+            ahava_tokens_beat_locked(ahava_mono_ms());
 
             pthread_mutex_unlock(&ahava_tokens.lock);
             continue;
@@ -253,14 +261,7 @@ ahava_tokens_thread(void *arg)
         if (ahava_tokens.listener && !ahava_tokens.beating
             && now - ahava_tokens.beat_sent >= AHAVA_TOKENS_BEAT_MS)
         {
-            if (PQsendQuery(ahava_tokens.listener, AHAVA_TOKENS_BEAT_SQL)) {
-                ahava_tokens.beating = 1;
-                ahava_tokens.beat_sent = now;
-
-            } else {
-                ahava_tokens_drop_locked("its connection failed",
-                                         PQerrorMessage(ahava_tokens.listener));
-            }
+            ahava_tokens_beat_locked(now);
         }
 
         if (ahava_tokens.listener
@@ -284,13 +285,15 @@ ahava_tokens_thread(void *arg)
 
             ahava_tokens_drop_locked("no trigger", "");
             next_try = now + AHAVA_TOKENS_RECHECK_MS;
+            ahava_tokens.failing = 0;
 
         } else if (ahava_tokens.trigger_ok > 0) {
             ahava_tokens.no_trigger = 0;
         }
 
+        /* dropped, here or by a runner */
         if (ahava_tokens.listener == NULL && next_try < now) {
-            next_try = now + AHAVA_TOKENS_RETRY_MS;
+            next_try = now + ahava_tokens_backoff();
         }
 
         pthread_mutex_unlock(&ahava_tokens.lock);
@@ -311,8 +314,7 @@ ahava_tokens_connect(ahava_conf_t *conf)
                             "keepalives_interval", "keepalives_count",
                             "tcp_user_timeout", "client_encoding", NULL };
     const char  *values[] = { NULL, "5", "ahava-worker-tokens",
-                              "-c statement_timeout=10000"
-                              " -c idle_session_timeout=0",
+                              "-c statement_timeout=10000",
                               "1", "30", "10", "3", "10000", "UTF8", NULL };
 
     values[0] = conf->database_url;
@@ -337,9 +339,37 @@ ahava_tokens_connect(ahava_conf_t *conf)
         return NULL;
     }
 
-    ahava_tokens.failing = 0;
-
     return pg;
+}
+
+
+static void
+ahava_tokens_beat_locked(int64_t now)
+{
+    const char  *param = ahava_tokens.marker;
+
+    if (PQsendQueryParams(ahava_tokens.listener, AHAVA_TOKENS_BEAT_SQL, 1,
+                          NULL, &param, NULL, NULL, 0))
+    {
+        ahava_tokens.beating = 1;
+        ahava_tokens.beat_sent = now;
+        return;
+    }
+
+    ahava_tokens_drop_locked("its connection failed",
+                             PQerrorMessage(ahava_tokens.listener));
+}
+
+
+/* 1 s, doubled for every failure since the cache last heard, to 60 s */
+static int64_t
+ahava_tokens_backoff(void)
+{
+    int  k;
+
+    k = ahava_tokens.failing++;
+
+    return k >= 6 ? 60000 : (int64_t) AHAVA_TOKENS_RETRY_MS << k;
 }
 
 
@@ -349,7 +379,7 @@ ahava_tokens_failure(PGconn *pg)
 {
     char  err[AHAVA_ERR_LEN];
 
-    if (ahava_tokens.failing++) {
+    if (ahava_tokens.failing) {
         return;
     }
 
@@ -357,7 +387,7 @@ ahava_tokens_failure(PGconn *pg)
     err[strcspn(err, "\n")] = '\0';
 
     ahava_log("warn", "push tokens cache cannot listen: every push reads the"
-              " tokens meanwhile (tried again every second)", "{s:s}",
+              " tokens meanwhile (tried again, 1 s to 60 s apart)", "{s:s}",
               "error", err);
 }
 
@@ -464,8 +494,7 @@ ahava_tokens_read_locked(int64_t now)
 
 /*
  * The notifications libpq parsed: evictions, or our own heartbeat back
- * (from our session's backend: other workers' heartbeats say nothing
- * about our connection)
+ * (another worker's heartbeat, another marker, says nothing about ours)
  */
 static void
 ahava_tokens_heard_locked(PGconn *pg, int64_t now)
@@ -473,12 +502,13 @@ ahava_tokens_heard_locked(PGconn *pg, int64_t now)
     PGnotify  *n;
 
     while ((n = PQnotifies(pg)) != NULL) {
-        if (n->extra[0] != '\0') {
+        if (n->extra[0] != ':') {
             ahava_tokens_evict_locked(n->extra);
             ahava_tokens.epoch++;
 
-        } else if (n->be_pid == PQbackendPID(pg)) {
+        } else if (strcmp(n->extra, ahava_tokens.marker) == 0) {
             ahava_tokens.beat_heard = now;
+            ahava_tokens.failing = 0;
         }
 
         PQfreemem(n);
@@ -531,7 +561,9 @@ ahava_tokens_sync(uint64_t *epoch)
     int64_t  now;
     int      ok;
 
-    *epoch = 0;
+    if (epoch) {
+        *epoch = 0;
+    }
 
     if (ahava_tokens.entries == NULL) {
         return 0;
@@ -551,7 +583,9 @@ ahava_tokens_sync(uint64_t *epoch)
         ahava_tokens.heard = 1;
     }
 
-    *epoch = ahava_tokens.epoch;
+    if (epoch) {
+        *epoch = ahava_tokens.epoch;
+    }
 
     pthread_mutex_unlock(&ahava_tokens.lock);
 
