@@ -21,11 +21,12 @@
  * it is heard.
  *
  * The cache is used only while it is sure to hear: the listening
- * connection sends itself a heartbeat every 5 s (a NOTIFY with an empty
- * payload, with a look at the trigger) and the cache is unused unless one
- * came back within 12 s and the trigger was there and enabled.  A lost,
- * silent or failed connection, or a missing trigger, empties the cache;
- * the thread connects again (after 1 s; 60 s when the trigger is missing).
+ * connection sends itself a heartbeat every 5 s (a NOTIFY whose payload is
+ * a marker of its session, with a look at the trigger) and the cache is
+ * unused unless it came back within 12 s and the trigger was there and
+ * enabled.  A lost, silent or failed connection, or a missing trigger,
+ * empties the cache; the thread connects again (after 1 s, doubled per
+ * failure up to 60 s; 60 s when the trigger is missing).
  * No entry is older than 60 s, for writers that fire no trigger (TRUNCATE,
  * session_replication_role = replica, ALTER TABLE ... TYPE).
  *
