@@ -64,23 +64,26 @@ ngx_ahava_health(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static void
 ngx_ahava_error_page_clear(ngx_http_request_t *r)
 {
-    ngx_uint_t        i;
+    ngx_uint_t        i, k;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
+
+    static ngx_str_t  file_headers[] = {
+        ngx_string("Cache-Control"),
+        ngx_string("Content-Disposition"),
+    };
 
     for (part = &r->headers_out.headers.part; part; part = part->next) {
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
-            if ((h[i].key.len == sizeof("Cache-Control") - 1
-                 && ngx_strncasecmp(h[i].key.data, (u_char *) "Cache-Control",
-                                    h[i].key.len) == 0)
-                || (h[i].key.len == sizeof("Content-Disposition") - 1
-                    && ngx_strncasecmp(h[i].key.data,
-                                       (u_char *) "Content-Disposition",
-                                       h[i].key.len) == 0))
-            {
-                h[i].hash = 0;
+            for (k = 0; k < sizeof(file_headers) / sizeof(ngx_str_t); k++) {
+                if (h[i].key.len == file_headers[k].len
+                    && ngx_strncasecmp(h[i].key.data, file_headers[k].data,
+                                       h[i].key.len) == 0)
+                {
+                    h[i].hash = 0;
+                }
             }
         }
     }

@@ -1431,11 +1431,12 @@ ahava_vlog(const char *level, const char *msg, const char *fmt, va_list ap)
 static int
 ahava_json_plain(const char *s, size_t max)
 {
-    size_t  i;
+    const u_char  *p = (const u_char *) s;
+    size_t         i;
 
-    for (i = 0; s[i]; i++) {
-        if (i == max || s[i] < 0x20 || s[i] > 0x7e || s[i] == '"'
-            || s[i] == '\\')
+    for (i = 0; p[i]; i++) {
+        if (i == max || p[i] < 0x20 || p[i] > 0x7e || p[i] == '"'
+            || p[i] == '\\')
         {
             return 0;
         }
