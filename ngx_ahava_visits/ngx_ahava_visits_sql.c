@@ -136,7 +136,8 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
 
 #define NGX_AHAVA_VISIT_MUTATION(name, set, who, when, target, extra,      \
     event)                                                                   \
-    NGX_AHAVA_VISIT_CHANGE(name, set, who, when, target, extra, event,       \
+    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra,                    \
+                           NGX_AHAVA_VISIT_OUTBOX(name, event),              \
                            "v.*", NGX_AHAVA_VISIT_AFTER)
 
 /* the visit after the change, as the detail shows it */
@@ -157,7 +158,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     "SELECT upd.id, upd.\"bookingId\", upd.status, ok.\"patientId\","        \
     " upd.\"nurseId\", upd.\"doctorId\" FROM upd, ok"
 
-#define NGX_AHAVA_VISIT_CHANGE(name, set, who, when, target, extra, event,  \
+#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, outbox,       \
     returning, after)                                                        \
     "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
     " b.\"patientId\" FROM visits v JOIN bookings b"                         \
@@ -167,7 +168,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
     " AND " who("v") " AND " when " AND " target                             \
     " RETURNING " returning ")" extra ","                                    \
-    NGX_AHAVA_VISIT_OUTBOX(name, event)                                      \
+    outbox                                                                   \
     " SELECT (SELECT count(*) FROM ok),"                                     \
     " coalesce((SELECT " who("ok") " FROM ok), false), " target ","          \
     " (SELECT status::text FROM ok),"                                        \
@@ -186,6 +187,22 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     " ok.\"nurseId\", ok.\"doctorId\", upd.\"scheduledStart\","              \
     " upd.status::text) AS ids FROM upd, ok, LATERAL (SELECT"                \
     " json_build_object('visitId', upd.id, " event ")::text AS data) e)"
+
+/*
+ * A live position's event (it has no job), into the outbox without
+ * ahava_outbox_visit's PL/pgSQL call, which cost the location a tenth of
+ * its rate (bench/README.md "The location").  The same recipients: the
+ * participants but the actor, the nurse ($2); the doctor before the change
+ * too when a concurrent assignment replaced them; each once.
+ */
+#define NGX_AHAVA_LOCATION_OUTBOX(event)                                     \
+    " ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"         \
+    " SELECT 'NURSE_LOCATION_UPDATE', array_remove(array_remove(ARRAY["      \
+    "ok.\"patientId\", CASE WHEN upd.\"doctorId\" <> ok.\"patientId\""      \
+    " THEN upd.\"doctorId\" END, CASE WHEN ok.\"doctorId\""                 \
+    " NOT IN (upd.\"doctorId\", ok.\"patientId\") THEN ok.\"doctorId\" END],"  \
+    " $2::text), NULL), json_build_object('visitId', upd.id, " event ")::text"\
+    " FROM upd, ok RETURNING payload AS data, ARRAY[id] AS ids)"
 
 /* who may: by role ($3), over the visit row t */
 #define NGX_AHAVA_ADMIN(t)         "($3::text = 'ADMIN')"
@@ -275,7 +292,6 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * app sends one every few seconds */
     { ngx_string("visit location"),
       NGX_AHAVA_VISIT_CHANGE(
-          "NURSE_LOCATION_UPDATE",
           "\"gpsCoordinates\" = CASE"
           " WHEN jsonb_array_length(" NGX_AHAVA_GPS_HISTORY ") < 1000"
           " THEN " NGX_AHAVA_GPS_HISTORY " || " NGX_AHAVA_GPS_POINT
@@ -291,8 +307,9 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
           " WHERE u.id = upd.\"nurseId\")",
           /* the point as stored (LOCALTIMESTAMP is the statement's), not
            * read back: each -> would detoast the whole history */
-          "'nurseId', $2::text, 'lat', $4::float8, 'lng', $5::float8,"
-          " 'timestamp', " NGX_AHAVA_TS("LOCALTIMESTAMP(3)"),
+          NGX_AHAVA_LOCATION_OUTBOX(
+              "'nurseId', $2::text, 'lat', $4::float8, 'lng', $5::float8,"
+              " 'timestamp', " NGX_AHAVA_TS("LOCALTIMESTAMP(3)")),
           NGX_AHAVA_VISIT_IDS, NGX_AHAVA_VISIT_AFTER_IDS),
       5, 0, "" },
 

@@ -143,6 +143,9 @@ sub no_events {
     my $v = new_visit(status => 'SCHEDULED', doctor => undef);
     events_ok('status on a visit without a doctor', ['status', $v, as => 'nurse1', body => { status => 'ARRIVED' }],
         { type => 'VISIT_STATUS_UPDATED', to => [$P1], keys => [qw(status previousStatus updatedBy)] });
+    events_ok('location on a visit without a doctor', ['location', $v, as => 'nurse1', body => { lat => 1, lng => 2 }],
+        { type => 'NURSE_LOCATION_UPDATE', to => [$P1], keys => [qw(nurseId lat lng timestamp)],
+          data => { nurseId => $N1, lat => 1, lng => 2 } });
     events_ok('assign a doctor to a visit without one', ['assign-doctor', $v, as => 'admin', body => { doctorId => $D }],
         { type => 'DOCTOR_ASSIGNED', to => [$P1, $N1, $D], keys => [qw(doctorId previousDoctorId)],
           data => { doctorId => $D, previousDoctorId => undef } });

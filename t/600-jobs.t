@@ -11,6 +11,7 @@ use strict;
 use warnings;
 use Test::More;
 use JSON::PP ();
+use Encode ();
 use Ahava::Test;
 use Ahava::Messages;
 use Ahava::Visits qw();
@@ -75,6 +76,19 @@ my $msg = data_of($r) || {};
     is($j->{state}, 'prioritized', '... waiting to be processed (prioritized)');
     like($j->{id}, qr/^ahava-\d+-0$/, '... its BullMQ id names its outbox row (ahava-<row>-<job>)');
     ok(abs($j->{timestamp} / 1000 - time) < 60, '... timestamp in epoch ms');
+}
+
+# the sender's name as JSON in the push: a quote, a backslash and letters beyond ASCII
+{
+    my ($first, $last) = psql("SELECT \"firstName\", \"lastName\" FROM users WHERE id = '$P1'", raw => 1)->[0]->@*;
+    psql(qq{UPDATE users SET "firstName" = 'Zoë "Z"', "lastName" = 'Nkosi\\Ñ' WHERE id = '$P1'});
+    my ($r, $new) = jobs_of(sub { send_message('patient1', $ID{visit1}, 'nurse1', 'a name to escape') });
+    api_ok($r, 'a sender named with a quote and a backslash: 201', status => 201);
+    my ($j) = @{ $new->{'push-notification'} };
+    is($j && $j->{data}{body}, Encode::decode('UTF-8', 'New message from Zoë "Z" Nkosi\\Ñ'),
+       '... the push names the sender exactly');
+    psql(sprintf(q{UPDATE users SET "firstName" = %s, "lastName" = %s WHERE id = '%s'},
+                 Ahava::Messages::sql_quote($first), Ahava::Messages::sql_quote($last), $P1));
 }
 
 # --- no plaintext at rest ------------------------------------------------------------------------------
