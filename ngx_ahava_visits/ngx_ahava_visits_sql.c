@@ -192,16 +192,18 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  * A live position's event (it has no job), into the outbox without
  * ahava_outbox_visit's PL/pgSQL call, which cost the location a tenth of
  * its rate (bench/README.md "The location").  The same recipients: the
- * participants but the actor, the nurse ($2); the doctor before the change
- * too when a concurrent assignment replaced them; each once.
+ * participants but the actor, the nurse ($2); the doctor and the nurse
+ * before the change too when a concurrent writer replaced them; each once
+ * (a patient, a doctor and a nurse are users of different roles).
  */
 #define NGX_AHAVA_LOCATION_OUTBOX(event)                                     \
     " ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"         \
     " SELECT 'NURSE_LOCATION_UPDATE', array_remove(array_remove(ARRAY["      \
     "ok.\"patientId\", CASE WHEN upd.\"doctorId\" <> ok.\"patientId\""      \
-    " THEN upd.\"doctorId\" END, CASE WHEN ok.\"doctorId\""                 \
-    " NOT IN (upd.\"doctorId\", ok.\"patientId\") THEN ok.\"doctorId\" END],"  \
-    " $2::text), NULL), json_build_object('visitId', upd.id, " event ")::text"\
+    " THEN upd.\"doctorId\" END, CASE WHEN ok.\"doctorId\" IS DISTINCT FROM"  \
+    " upd.\"doctorId\" AND ok.\"doctorId\" <> ok.\"patientId\""              \
+    " THEN ok.\"doctorId\" END, ok.\"nurseId\"], $2::text), NULL),"            \
+    " json_build_object('visitId', upd.id, " event ")::text"                 \
     " FROM upd, ok RETURNING payload AS data, ARRAY[id] AS ids)"
 
 /* who may: by role ($3), over the visit row t */
