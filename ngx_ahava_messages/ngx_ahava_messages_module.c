@@ -163,13 +163,15 @@ enum {
 #define NGX_AHAVA_MESSAGE_OUTBOX                                             \
     "INSERT INTO ahava_outbox (topic, recipients, payload, secret, jobs)"    \
     " SELECT 'NEW_MESSAGE', ARRAY[$4, $2],"                                  \
-    " json_build_object(" NGX_AHAVA_MESSAGE_FIELDS ")::text, m.content,"    \
-    " '[[\"push-notification\",{\"userId\":\"' || $4"                          \
-    " || '\",\"title\":\"New message\",\"body\":' || to_json('New message from '" \
-    " || coalesce(ahava_title(s.role, s.\"firstName\", s.\"lastName\"),"      \
-    " 'a participant'))::text || ',\"data\":{\"type\":\"NEW_MESSAGE\","         \
-    "\"visitId\":\"' || m.\"visitId\" || '\",\"messageId\":\"' || m.id"          \
-    " || '\"}}]]' FROM ins m JOIN users s ON s.id = $2"                       \
+    " json_build_object(" NGX_AHAVA_MESSAGE_FIELDS ")::text, m.content,"     \
+    " '[[\"push-notification\",{\"userId\":\"' || $4"                        \
+    " || '\",\"title\":\"New message\",\"body\":'"                           \
+    " || to_json('New message from '"                                        \
+    " || coalesce(ahava_title(s.role, s.\"firstName\", s.\"lastName\"),"     \
+    " 'a participant'))::text"                                               \
+    " || ',\"data\":{\"type\":\"NEW_MESSAGE\",\"visitId\":\"'"               \
+    " || m.\"visitId\" || '\",\"messageId\":\"' || m.id || '\"}}]]'"         \
+    " FROM ins m JOIN users s ON s.id = $2"                                  \
     " RETURNING ARRAY[id] AS ids"
 
 

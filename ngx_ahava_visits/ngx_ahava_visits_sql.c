@@ -197,12 +197,12 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  * (a patient, a doctor and a nurse are users of different roles).
  */
 #define NGX_AHAVA_LOCATION_OUTBOX(event)                                     \
-    " ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"         \
+    " ob AS (INSERT INTO ahava_outbox (topic, recipients, payload)"          \
     " SELECT 'NURSE_LOCATION_UPDATE', array_remove(array_remove(ARRAY["      \
-    "ok.\"patientId\", CASE WHEN upd.\"doctorId\" <> ok.\"patientId\""      \
-    " THEN upd.\"doctorId\" END, CASE WHEN ok.\"doctorId\" IS DISTINCT FROM"  \
+    "ok.\"patientId\", CASE WHEN upd.\"doctorId\" <> ok.\"patientId\""       \
+    " THEN upd.\"doctorId\" END, CASE WHEN ok.\"doctorId\" IS DISTINCT FROM" \
     " upd.\"doctorId\" AND ok.\"doctorId\" <> ok.\"patientId\""              \
-    " THEN ok.\"doctorId\" END, ok.\"nurseId\"], $2::text), NULL),"            \
+    " THEN ok.\"doctorId\" END, ok.\"nurseId\"], $2::text), NULL),"          \
     " json_build_object('visitId', upd.id, " event ")::text"                 \
     " FROM upd, ok RETURNING payload AS data, ARRAY[id] AS ids)"
 
