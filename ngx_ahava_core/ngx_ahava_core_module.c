@@ -261,6 +261,15 @@ ngx_ahava_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         clcf->client_body_in_file_only = 0;     /* "off" */
     }
 
+    /*
+     * The error page of a request refused for its body size (nginx's 413,
+     * or ours on a chunked body) is found by URI with the size counted so
+     * far: a limit here would refuse it again, with nginx's HTML page.
+     */
+    if (clcf->handler == ngx_ahava_error_page_handler) {
+        clcf->client_max_body_size = 0;
+    }
+
     return NGX_CONF_OK;
 }
 

@@ -48,6 +48,15 @@ for my $case (['POST', '/api/visits'], ['GET', '/api/visits'],
     api_ok($r, 'exactly 64 KiB on a GET: accepted (and discarded)');
 }
 
+{
+    # nginx's own 413 (the declared length over client_max_body_size) before any of the
+    # body arrived: its error page, found by URI with that length still to come, is JSON
+    my $r = raw_request("POST /nope HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                        . "Content-Length: 100000\r\n\r\n");
+    api_error_is($r, 413, 'PAYLOAD_TOO_LARGE', 'POST /nope declaring 100 000 bytes, none sent yet: JSON 413');
+    no_html($r, '... the 413 before the body');
+}
+
 # --- 404 -------------------------------------------------------------------------
 for my $p ('/nope', '/api/nothing', '/api/visits/a/b', '/api/visitsx', '/index.html',
            '/api/visits/bad.id', '/')
