@@ -7,6 +7,7 @@ use strict;
 use warnings;
 use Test::More;
 use Ahava::Test;
+use Ahava::Visits qw();
 use IO::Select;
 use IO::Socket::INET;
 use Socket qw(SOL_SOCKET SO_RCVBUF);
@@ -44,16 +45,18 @@ my $n = start_nginx($CONF, workers => 1);
 my $JSON = JSON::PP->new->ascii->canonical;
 
 # --- a page of 3 MB: every byte arrives, however the client reads ----------
-my $V = $ID{visit3};          # IN_PROGRESS: nurse1 and patient1
+# a visit of its own (patient1, nurse1), with only these messages: the seed's on visit 3
+# are timed from today's 08:00 UTC, so before then they sorted among the page's
+my $V = Ahava::Visits::new_visit(status => 'IN_PROGRESS');
 my $content = "\x{1}" x 5000; # 30 000 bytes once JSON-escaped
-for my $i (1 .. 100) {
+for my $i (1 .. 103) {
     my $r = response(POST => '/api/messages', as => 'nurse1',
         headers => { 'Content-Type' => 'application/json' },
         body => $JSON->encode({ visitId => $V, recipientId => $ID{patient1},
                                 content => $content }));
     $r->status == 201 or do { fail("message $i: 201"); diag($r->dump); last };
 }
-pass('100 messages of 5000 x U+0001 sent');
+pass('103 messages of 5000 x U+0001 sent (a page of 100 after the first 3)');
 
 my $PAGE = "/api/messages/visit/$V?limit=100&offset=3";
 
@@ -243,10 +246,12 @@ sub chunked {
     # the same body sent only once nginx reads it (Expect: 100-continue), so that the 413
     # comes while the body is being read: its error page, found by URI with 70 000
     # bytes counted, was refused again by client_max_body_size, as nginx's HTML page
+    my $msgs0 = psql_value('SELECT count(*) FROM messages');
+    my $counted = reset_statements();
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $n->port,
                                   Proto => 'tcp', Timeout => 5) or die "connect: $!";
     print {$s} "POST /api/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        . token($ID{patient1}) . "\r\nContent-Type: application/json\r\n"
+        . $PATIENT . "\r\nContent-Type: application/json\r\n"
         . "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
     my $in = '';
     my $sel = IO::Select->new($s);
@@ -276,6 +281,12 @@ sub chunked {
     ok($ans, 'a chunked body over 64 KiB after 100 Continue: an answer')
         or $ans = Ahava::Test::Response->new;
     api_error_is($ans, 413, 'PAYLOAD_TOO_LARGE', 'a chunked body over 64 KiB read after 100 Continue: JSON 413');
+    is(response(GET => '/health')->status, 200, '... (barrier)');
+    SKIP: {
+        skip 'no pg_stat_statements', 1 unless $counted;
+        is(statement_calls(except => 'audit_logs'), 0, '... nginx ran no statement after the 413');
+    }
+    is(psql_value('SELECT count(*) FROM messages'), $msgs0, '... no message stored');
 
     $r = chunked(POST => "/api/visits/$ID{visit1}/cancel", '', as => 'patient1', pieces => []);
     api_ok($r, 'an empty chunked body (cancel without a reason): 200');
