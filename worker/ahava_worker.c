@@ -181,7 +181,6 @@ main(int argc, char **argv)
 
     ahava_bq_init();
 
-
     /* signals are taken by this thread only, with sigwait() */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -248,7 +247,6 @@ main(int argc, char **argv)
             }
         }
     }
-
 
     if (pthread_create(&m->keeper, NULL, ahava_keeper, m) != 0) {
         fprintf(stderr, "ahava-worker: cannot start\n");
