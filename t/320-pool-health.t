@@ -151,8 +151,13 @@ sub fire {
                    map { m{/proc/(\d+)/stat} ? $1 : () } glob '/proc/[0-9]*/stat';
     ok($worker, "the worker's pid ($worker)");
     kill 'STOP', $worker;
-    psql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    # waits for each backend to exit (PostgreSQL 14+): one that exited only
+    # after the worker resumed would fail the check after the burst, not this
+    psql(q{SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
            WHERE application_name = 'ahava-nginx'});
+    is(psql_value(q{SELECT count(*) FROM pg_stat_activity
+                    WHERE application_name = 'ahava-nginx'}),
+       0, "the worker's PostgreSQL backends exited while it slept");
     my @c = fire($n, qw(admin nurse1 admin));
     kill 'CONT', $worker;
     Ahava::Test::HTTP::wait_all(\@c, 10);
