@@ -2,7 +2,11 @@
 -- (../shared/peers/express/lib/location.js: append the point keeping the
 -- newest 1000, move the nurse's last position, only while the visit is
 -- active and hers), the simplest SQL found for it, on a random visit of
--- the peer's location pairs (table bench_loc, made by bench/side-by-side).
+-- the peer's location pairs (table bench_loc, made by bench/side-by-side
+-- and bench/location).  At the cap it drops the oldest point with a
+-- jsonpath slice, the fastest way found: Express re-aggregates the
+-- history with jsonb_array_elements and jsonb_agg, 11x slower at 1000
+-- points (bench/README.md, "The location on full histories").
 -- (The timestamp is now()::text: pgbench would take the colons of a
 -- to_char format for its own variables.)
 \set i random(1, :npairs)
@@ -16,11 +20,9 @@ upd AS (
         THEN COALESCE("gpsCoordinates", '[]'::jsonb)
              || jsonb_build_array(jsonb_build_object('lat', (:lat::int / 1000.0),
                                   'lng', (:lng::int / 1000.0), 'timestamp', now()::text))
-      ELSE (SELECT jsonb_agg(t.e ORDER BY t.i)
-              FROM jsonb_array_elements("gpsCoordinates"
-                   || jsonb_build_array(jsonb_build_object('lat', (:lat::int / 1000.0))))
-                   WITH ORDINALITY AS t(e, i)
-             WHERE t.i > jsonb_array_length("gpsCoordinates") + 1 - 1000)
+      ELSE jsonb_path_query_array("gpsCoordinates", '$[last - 998 to last]')
+             || jsonb_build_array(jsonb_build_object('lat', (:lat::int / 1000.0),
+                                  'lng', (:lng::int / 1000.0), 'timestamp', now()::text))
     END,
     "updatedAt" = now()
   FROM p
