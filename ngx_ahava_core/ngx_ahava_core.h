@@ -506,6 +506,12 @@ void ngx_ahava_outbox_exit(void);
 void ngx_ahava_outbox_redis_ready(ngx_ahava_redis_t *redis, void *data);
 void ngx_ahava_outbox_relay(u_char *ids, size_t len);
 
+/* the database's migrations, checked once at start (ngx_ahava_schema.c) */
+ngx_int_t ngx_ahava_schema_declare(ngx_conf_t *cf);
+ngx_int_t ngx_ahava_schema_init(ngx_cycle_t *cycle,
+    ngx_ahava_main_conf_t *amcf);
+void ngx_ahava_schema_exit(void);
+
 /* security events (ngx_ahava_audit.c) */
 ngx_ahava_audit_t *ngx_ahava_audit_create(ngx_cycle_t *cycle,
     ngx_ahava_main_conf_t *amcf);

@@ -312,6 +312,7 @@ ngx_ahava_postconfiguration(ngx_conf_t *cf)
         || ngx_ahava_metrics_declare(cf) != NGX_OK
         || ngx_ahava_audit_declare(cf) != NGX_OK
         || ngx_ahava_outbox_declare(cf) != NGX_OK
+        || ngx_ahava_schema_declare(cf) != NGX_OK
         || ngx_ahava_body_filter_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
@@ -1049,6 +1050,10 @@ ngx_ahava_init_process(ngx_cycle_t *cycle)
                       "changes stay in the table ahava_outbox");
     }
 
+    if (ngx_ahava_schema_init(cycle, amcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     /* its gauges read the pool and the Redis client made above */
     return ngx_ahava_metrics_init_process(cycle, amcf);
 }
@@ -1067,6 +1072,7 @@ ngx_ahava_exit_process(ngx_cycle_t *cycle)
 
     ngx_ahava_metrics_exit_process();
     ngx_ahava_outbox_exit();
+    ngx_ahava_schema_exit();
 
     if (amcf->audit) {
         ngx_ahava_audit_destroy(amcf->audit);
