@@ -313,7 +313,8 @@ sub reset_statements {
 # statement_calls(like => '%UPDATE%', except => 'audit_logs'): sum of calls
 # (of matching texts, without the ones naming except).  The outbox relay's
 # own statements (reading and deleting ahava_outbox, every second on each
-# worker) are never counted: they belong to no request.
+# worker) and the check of the migrations at start are never counted: they
+# belong to no request.
 sub statement_calls {
     my (%o) = @_;
     return undef unless $ENVV{_statements};
@@ -323,7 +324,8 @@ sub statement_calls {
         WHERE dbid = (SELECT oid FROM pg_database
                       WHERE datname = current_database())
           AND query NOT ILIKE '%pg_stat_statements%'
-          AND query NOT ILIKE '%FROM ahava_outbox%'$like});
+          AND query NOT ILIKE '%FROM ahava_outbox%'
+          AND query NOT ILIKE '%_ahava_migrations%'$like});
 }
 
 # --- assertions ----------------------------------------------------------
