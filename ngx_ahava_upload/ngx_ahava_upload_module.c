@@ -506,6 +506,10 @@ ngx_ahava_upload_start(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     ctx->data = u;
 
+    /* a chunked body is counted as it is decoded and refused (413) once
+     * past the route's limit, as a declared length is before reading */
+    ctx->body_limit = ctx->route->body_max;
+
     /* the body reader's reference stands in for ours (ngx_ahava_body.c) */
     r->request_body_no_buffering = 1;
     r->main->count--;
@@ -578,7 +582,7 @@ ngx_ahava_upload_process(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     int                       rc;
     ngx_int_t                 nrc;
     ngx_buf_t                *b;
-    ngx_chain_t              *cl;
+    ngx_chain_t              *cl, *next;
     ngx_ahava_upload_t       *u;
     ngx_http_request_body_t  *rb;
 
@@ -587,7 +591,10 @@ ngx_ahava_upload_process(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     for ( ;; ) {
 
-        for (cl = rb->bufs; cl; cl = cl->next) {
+        /* the links go back to the pool as they are read: nginx's save
+         * filter makes one per buffer (a chunk over 128 bytes is one) */
+        for (cl = rb->bufs; cl; cl = next) {
+            next = cl->next;
             b = cl->buf;
 
             if (b->last > b->pos) {
@@ -596,9 +603,13 @@ ngx_ahava_upload_process(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                 b->pos = b->last;
 
                 if (rc != NGX_AHAVA_MULTIPART_OK) {
+                    rb->bufs = next;
+                    ngx_free_chain(r->pool, cl);
                     return ngx_ahava_upload_refuse(r, ctx, u, rc);
                 }
             }
+
+            ngx_free_chain(r->pool, cl);
         }
 
         rb->bufs = NULL;
@@ -608,6 +619,13 @@ ngx_ahava_upload_process(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         }
 
         nrc = ngx_http_read_unbuffered_request_body(r);
+
+        if (nrc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            /* a chunked body past the route's limit (ngx_ahava_body.c) */
+            u->reason = "the body is over the limit";
+            return ngx_ahava_upload_refuse(r, ctx, u,
+                                           NGX_AHAVA_UPLOAD_TOO_LARGE);
+        }
 
         if (nrc >= NGX_HTTP_SPECIAL_RESPONSE) {
             /* the client went or timed out: nothing of it stays */

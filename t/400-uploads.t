@@ -295,6 +295,36 @@ sub early_answer {
     is_deeply([files_on_disk()], \@before, 'none of them left a file');
     is(rows(), $rows, '... or a row');
 }
+{
+    # a part with an empty filename is no file of ours and no field: it is
+    # skipped, and still counted against the route's limit
+    my @before = files_on_disk();
+    my $rows = rows();
+    my $res = early_answer('image', 'other', '', 'z' x (6 * $MiB), chunked => 1);
+    is($res && $res->status, 413, 'a chunked body of 6 MiB in a part with an empty filename: 413 while streaming');
+    is($res && $res->json && $res->json->{code}, 'PAYLOAD_TOO_LARGE', '... PAYLOAD_TOO_LARGE');
+    ok(poll_until(5, sub { !grep { /\.part$/ } files_on_disk() }), '... no partial file');
+    is_deeply([files_on_disk()], \@before, '... no file');
+    is(rows(), $rows, '... no row');
+}
+{
+    # chunks of every size: up to 128 bytes nginx appends them to the buffer
+    # before, longer ones each get a buffer and a link of their own (which
+    # go back to the request's pool as they are read)
+    my ($body, $ct) = multipart(['image', 'mixed.png', padded($FILE{png}, $MiB), 'image/png']);
+    my ($chunks, $k) = (q{}, 0);
+    for (my $off = 0; $off < length $body; $k++) {
+        my $len = (1, 128, 129, 4000, 7)[$k % 5];
+        my $part = substr($body, $off, $len);
+        $chunks .= sprintf("%x\r\n%s\r\n", length $part, $part);
+        $off += length $part;
+    }
+    my $c = response(POST => '/api/messages/upload/image', as => 'nurse1',
+                     headers => { 'Content-Type' => $ct, 'Transfer-Encoding' => 'chunked' },
+                     body => $chunks . "0\r\n\r\n", timeout => 60);
+    api_ok($c, "a 1 MiB image in $k chunks of 1, 128, 129, 4000 and 7 bytes: 201", status => 201);
+    is($c->json && $c->json->{data}{sha256}, sha256_hex(padded($FILE{png}, $MiB)), '... the file whole');
+}
 
 # --- failures on our side leave nothing either ------------------------------------------
 {
