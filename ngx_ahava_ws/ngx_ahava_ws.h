@@ -27,6 +27,10 @@ typedef struct ngx_ahava_ws_channel_s  ngx_ahava_ws_channel_t;
 typedef struct ngx_ahava_ws_hub_s      ngx_ahava_ws_hub_t;
 
 
+/* a message's createdAt as text: "2026-12-02 01:26:00.123" or ISO 8601 */
+#define NGX_AHAVA_WS_AT_LEN        63
+
+
 /*
  * A frame as it goes on the wire (header and payload), built once and
  * shared by every socket it is queued on; freed with its last reference.
@@ -35,6 +39,7 @@ typedef struct {
     ngx_uint_t                 refs;
     size_t                     len;
     u_char                    *id;              /* NEW_MESSAGE: its id */
+    u_char                    *at;              /* ... and its createdAt */
     u_char                     data[1];
 } ngx_ahava_ws_frame_t;
 
@@ -111,6 +116,12 @@ struct ngx_ahava_ws_session_s {
     void                      *replay;          /* while ?since= replays */
     void                      *replayed;        /* the last ids it sent */
 
+    /* the last message queued (at first: the socket's opening), where a
+     * replay starts after the worker lost its subscription (Redis keeps
+     * nothing for a subscriber that is away) */
+    u_char                     last_at[NGX_AHAVA_WS_AT_LEN + 1];
+    u_char                     last_id[NGX_AHAVA_ID_MAX_LEN + 1];
+
     ngx_uint_t                 close_code;      /* to close with */
 
     unsigned                   closing:1;       /* close once flushed */
@@ -147,6 +158,7 @@ ngx_ahava_ws_frame_t *ngx_ahava_ws_frame_create(int opcode, u_char *payload,
 void ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f);
 void ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f);
 void ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s);
+void ngx_ahava_ws_resume(ngx_ahava_ws_session_t *s);
 
 
 #endif /* _NGX_AHAVA_WS_H_INCLUDED_ */

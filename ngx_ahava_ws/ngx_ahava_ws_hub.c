@@ -10,7 +10,8 @@
  * callback, and a channel is subscribed again only once its UNSUBSCRIBE
  * is answered (hiredis drops a channel's callback on that answer).  After
  * a reconnect every channel is subscribed again: delivery resumes without
- * the clients reconnecting.
+ * the clients reconnecting, and the messages published meanwhile are
+ * replayed from PostgreSQL (Redis keeps nothing for a subscriber away).
  */
 
 
@@ -293,7 +294,8 @@ ngx_ahava_ws_hub_free(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_channel_t *ch)
 
 /*
  * (Re)connected: the new connection has no subscription, every channel
- * with sockets subscribes again, from the posted flush.
+ * with sockets subscribes again, from the posted flush, and each socket
+ * replays the messages it missed meanwhile once its channel is subscribed.
  */
 
 static void
@@ -302,6 +304,7 @@ ngx_ahava_ws_hub_ready(ngx_ahava_redis_t *redis, void *data)
     ngx_ahava_ws_hub_t  *hub = data;
 
     ngx_uint_t               i;
+    ngx_queue_t             *q;
     ngx_ahava_ws_channel_t  *ch, *next;
 
     ngx_log_error(NGX_LOG_INFO, hub->log, 0,
@@ -313,6 +316,16 @@ ngx_ahava_ws_hub_ready(ngx_ahava_redis_t *redis, void *data)
             next = ch->next;
             ch->state = NGX_AHAVA_WS_CH_NONE;
             ngx_ahava_ws_hub_dirty(hub, ch);
+
+            /* what was published while unsubscribed: replayed once the
+             * channel is subscribed again */
+            for (q = ngx_queue_head(&ch->sessions);
+                 q != ngx_queue_sentinel(&ch->sessions);
+                 q = ngx_queue_next(q))
+            {
+                ngx_ahava_ws_resume(ngx_queue_data(q, ngx_ahava_ws_session_t,
+                                                   queue));
+            }
         }
     }
 }

@@ -54,7 +54,7 @@ typedef struct {
 #define NGX_AHAVA_WS_REPLAY_IDS    256
 
 typedef struct {
-    u_char                     at[64];
+    u_char                     at[NGX_AHAVA_WS_AT_LEN + 1];
     size_t                     at_len;
     u_char                     id[NGX_AHAVA_ID_MAX_LEN + 1];
     ngx_uint_t                 nsent;
@@ -124,6 +124,8 @@ static void ngx_ahava_ws_replay_page(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s,
     ngx_ahava_pg_query_t *q, ngx_pool_t *pool);
 static void ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s);
+static void ngx_ahava_ws_last(ngx_ahava_ws_session_t *s, u_char *at,
+    size_t len, u_char *id);
 
 static void ngx_ahava_ws_send_event(ngx_ahava_ws_session_t *s,
     const char *type, u_char *data, size_t len);
@@ -649,6 +651,8 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     size_t                     n;
     u_char                    *id, *early;
     ngx_buf_t                 *b;
+    ngx_tm_t                   tm;
+    ngx_time_t                *tp;
     ngx_chain_t               *cl, *ln;
     ngx_connection_t          *c;
     ngx_http_request_t        *r;
@@ -763,6 +767,14 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     }
 
     ngx_free(id);
+
+    /* no message yet: a replay after a lost subscription starts at the
+     * opening (PostgreSQL's createdAt is UTC too) */
+    tp = ngx_timeofday();
+    ngx_gmtime(tp->sec, &tm);
+    ngx_sprintf(s->last_at, "%4d-%02d-%02d %02d:%02d:%02d.%03M%Z",
+                tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec, tp->msec);
 
     s->alive_at = ngx_current_msec;
     s->timer.handler = ngx_ahava_ws_ping_handler;
@@ -1742,7 +1754,8 @@ ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
 static void
 ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 {
-    ngx_ahava_ws_out_t  *out, *next;
+    ngx_ahava_ws_out_t     *out, *next;
+    ngx_ahava_ws_replay_t  *rp;
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "ahava: websocket replay done");
@@ -1753,11 +1766,14 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
         s->replayed = NULL;
     }
 
-    if (((ngx_ahava_ws_replay_t *) s->replay)->nsent) {
-        s->replayed = s->replay;
+    rp = s->replay;
+
+    if (rp->nsent) {
+        ngx_ahava_ws_last(s, rp->at, rp->at_len, rp->id);
+        s->replayed = rp;
 
     } else {
-        ngx_free(s->replay);
+        ngx_free(rp);
     }
 
     s->replay = NULL;
@@ -1774,6 +1790,12 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
         s->out_bytes -= out->frame->len;
 
         if (!out->duplicate && !s->closing) {
+            if (out->frame->id && out->frame->at) {
+                ngx_ahava_ws_last(s, out->frame->at,
+                                  ngx_strlen(out->frame->at),
+                                  out->frame->id);
+            }
+
             ngx_ahava_ws_queue(s, out->frame, 0);
         }
 
@@ -1863,8 +1885,8 @@ ngx_ahava_ws_frame_t *
 ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     ngx_log_t *log)
 {
-    u_char                *p, *id, *end;
-    size_t                 hlen, ilen;
+    u_char                *p, *id, *at, *end;
+    size_t                 hlen, ilen, alen;
     u_char                 header[NGX_AHAVA_WS_MAX_HEADER];
     ngx_ahava_ws_frame_t  *f;
 
@@ -1901,9 +1923,38 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
         }
     }
 
+    /* and its createdAt: a replay after a lost subscription starts there */
+    at = NULL;
+    alen = 0;
+
+    if (id) {
+        end = payload + len;
+        at = ngx_strlcasestrn(payload, end, (u_char *) "\"createdAt\"",
+                              sizeof("\"createdAt\"") - 1 - 1);
+
+        if (at) {
+            at += sizeof("\"createdAt\"") - 1;
+
+            while (at < end && (*at == ' ' || *at == ':')) {
+                at++;
+            }
+
+            if (at < end && *at == '"') {
+                at++;
+                p = ngx_strlchr(at, end, '"');
+                alen = p ? (size_t) (p - at) : 0;
+            }
+        }
+
+        if (alen == 0 || alen > NGX_AHAVA_WS_AT_LEN) {
+            at = NULL;
+            alen = 0;
+        }
+    }
+
 
     f = ngx_alloc(sizeof(ngx_ahava_ws_frame_t) + hlen + len
-                  + (id ? ilen + 1 : 0), log);
+                  + (id ? ilen + 1 : 0) + (at ? alen + 1 : 0), log);
     if (f == NULL) {
         return NULL;
     }
@@ -1921,10 +1972,19 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     if (id) {
         f->id = p;
         p = ngx_cpymem(p, id, ilen);
-        *p = '\0';
+        *p++ = '\0';
 
     } else {
         f->id = NULL;
+    }
+
+    if (at) {
+        f->at = p;
+        p = ngx_cpymem(p, at, alen);
+        *p = '\0';
+
+    } else {
+        f->at = NULL;
     }
 
     return f;
@@ -1970,8 +2030,61 @@ ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
         }
     }
 
+    if (s->replay == NULL && f->id && f->at) {
+        ngx_ahava_ws_last(s, f->at, ngx_strlen(f->at), f->id);
+    }
+
     /* held while a replay runs */
     ngx_ahava_ws_queue(s, f, s->replay != NULL);
+}
+
+
+/* the last message queued, for a replay after a lost subscription */
+
+static void
+ngx_ahava_ws_last(ngx_ahava_ws_session_t *s, u_char *at, size_t len,
+    u_char *id)
+{
+    len = ngx_min(len, NGX_AHAVA_WS_AT_LEN);
+    ngx_memcpy(s->last_at, at, len);
+    s->last_at[len] = '\0';
+    ngx_cpystrn(s->last_id, id, sizeof(s->last_id));
+}
+
+
+/*
+ * The worker's subscriber connection was lost and is back: what was
+ * published meanwhile went nowhere.  A socket that is not replaying
+ * replays, once subscribed again, the messages to its user after the last
+ * one it got, as ?since= does; the live events held meanwhile follow.
+ */
+
+void
+ngx_ahava_ws_resume(ngx_ahava_ws_session_t *s)
+{
+    ngx_ahava_ws_replay_t  *rp;
+
+    if (s->closing || s->replay || s->request) {
+        return;
+    }
+
+    rp = ngx_calloc(sizeof(ngx_ahava_ws_replay_t), s->connection->log);
+    if (rp == NULL) {
+        /* the client learns it was not replayed: it reconnects */
+        ngx_ahava_ws_fail(s, NGX_AHAVA_WS_CLOSE_TRY_AGAIN);
+        return;
+    }
+
+    rp->at_len = ngx_strlen(s->last_at);
+    ngx_memcpy(rp->at, s->last_at, rp->at_len + 1);
+    ngx_cpystrn(rp->id, s->last_id, sizeof(rp->id));
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                   "ahava: websocket resumes after \"%s\" \"%s\"",
+                   rp->at, rp->id);
+
+    s->replay = rp;
+    s->replay_started = 0;
 }
 
 

@@ -147,6 +147,45 @@ SKIP: {
     ok(!$sock->closed, 'the socket was never closed');
 }
 
+# --- the subscription lost: what was published meanwhile is replayed ------------------------------
+# Redis keeps nothing for a subscriber that is away.  Messages that reach the
+# database with no live event at all (written directly) stand for the ones
+# published while the worker's subscriber was gone: only the replay after the
+# lost subscription can bring them, on the same socket.
+{
+    post('before the loss');
+    contents_are($sock, ['before the loss'], "a live message: the socket's last one");
+    # a socket that got no message yet replays from its opening
+    my $fresh = ws_connect(as => 'nurse1', name => 'nurse1-fresh');
+    ok(pong_of($fresh) && poll_until(5, sub { redis_numsub($N1) == 1 }), 'a socket of nurse1, subscribed');
+    Ahava::Messages::insert_messages(
+        { visit => $V1, from => 'patient1', to => 'nurse1', content => 'before her socket opened',
+          at => q{LOCALTIMESTAMP(3) - interval '1 hour'} },
+        { visit => $V1, from => 'patient1', to => 'nurse1', content => 'while her socket is open',
+          at => q{LOCALTIMESTAMP(3) + interval '5 milliseconds'} });
+    Ahava::Messages::insert_messages(map { { visit => $V1, from => 'nurse1', to => 'patient1',
+        content => "in the gap $_",
+        at => sprintf(q{LOCALTIMESTAMP(3) + interval '%d milliseconds'}, $_) } } 1 .. 3);
+    my ($pong, @early) = $sock->ping_roundtrip(5);
+    ok($pong && !@early, 'nothing tells the socket of them while its subscription holds');
+    my ($killed) = redis_cmd('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    cmp_ok($killed, '>=', 1, "the workers' subscriber connections are killed ($killed)");
+    ok(poll_until(15, sub { redis_numsub($P1) == 1 }), 'the worker subscribed to patient1 again by itself');
+    contents_are($sock, [map { "in the gap $_" } 1 .. 3],
+                 'the messages of the gap, replayed on the same socket, oldest first');
+    contents_are($fresh, ['while her socket is open'],
+                 'a socket with no message yet: the one since it opened, not the older one');
+    my ($pong3, @extra) = $fresh->ping_roundtrip(5);
+    ok($pong3 && !@extra, '... and nothing else');
+    $fresh->close(1000);
+    $fresh->wait_close(5);
+    my ($pong2, @more) = $sock->ping_roundtrip(5);
+    ok($pong2 && !@more, '... each once, and not the one it had before');
+    post('after the loss');
+    contents_are($sock, ['after the loss'], 'then the live stream again');
+    ok(!$sock->closed, 'the socket was never closed');
+}
+
 # --- ?since= ------------------------------------------------------------------------------------------------
 # messages to patient1 while away (inserted directly, a day old, oldest
 # first), then a live one: replayed in order, then the live one
