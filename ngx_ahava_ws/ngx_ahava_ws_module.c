@@ -2209,10 +2209,12 @@ static ngx_int_t
 ngx_ahava_ws_flush(ngx_ahava_ws_session_t *s)
 {
     ssize_t              n;
+    ngx_uint_t           progress;
     ngx_connection_t    *c;
     ngx_ahava_ws_out_t  *out;
 
     c = s->connection;
+    progress = 0;
 
     while (s->out) {
         out = s->out;
@@ -2225,7 +2227,9 @@ ngx_ahava_ws_flush(ngx_ahava_ws_session_t *s)
         }
 
         if (n == NGX_AGAIN) {
-            if (!c->write->timer_set) {
+            /* the time between two writes, as nginx's send_timeout: a
+             * client that reads slowly is not one that stopped reading */
+            if (progress || !c->write->timer_set) {
                 ngx_add_timer(c->write, s->conf->pong_timeout);
             }
 
@@ -2234,6 +2238,7 @@ ngx_ahava_ws_flush(ngx_ahava_ws_session_t *s)
         }
 
         s->out_sent += n;
+        progress = 1;
 
         if (s->out_sent < out->frame->len) {
             continue;

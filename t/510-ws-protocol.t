@@ -663,4 +663,36 @@ sub control_pong_within {
     $other->close_socket;
 }
 
+# --- a steady slow reader: the write timeout runs between two writes -------------------------------
+# A ?since= replay keeps the queue between a quarter and a half of 64k while
+# the client reads: the queue never empties for the ~6 s the client takes,
+# twice the 3 s pong_timeout of this server.  A client that reads is not one
+# that stopped reading: it gets everything, and is not closed.  (The messages
+# are dated a second ahead: after every other message to patient1.)
+{
+    my $mark = (Ahava::Messages::insert_messages({ visit => $ID{visit1}, from => 'nurse1',
+        to => 'patient1', content => 'the mark', at => q{LOCALTIMESTAMP(3) + interval '1 second'} }))[0];
+    my $note = substr(join('', map { "line $_ of a long note. " } 1 .. 200), 0, 2990);
+    Ahava::Messages::insert_messages(map { { visit => $ID{visit1}, from => 'nurse1', to => 'patient1',
+        content => sprintf('%04d %s', $_, $note),
+        at => sprintf(q{LOCALTIMESTAMP(3) + interval '1 second' + interval '%d milliseconds'}, $_) } } 1 .. 130);
+    my $t0 = time;
+    my $r = ws_raw(as => 'patient1', port => $PORT{SLOW}, rcvbuf => 4096, query => [since => $mark]);
+    is($r->status, 101, 'steady slow reader: ?since= with SO_RCVBUF 4k: 101');
+    my ($n, $end) = (0);
+    while ($n < 130) {
+        my $f = $r->read_frame(5);
+        if (!$f || $f->{eof} || $f->{opcode} == 8) { $end = $f; last }
+        $n++ if $f->{opcode} == 1 && ($f->{json}{type} // '') eq 'NEW_MESSAGE';
+        Time::HiRes::sleep(0.045);
+    }
+    my $took = time - $t0;
+    is($n, 130, sprintf('steady slow reader: all 130 messages of 3 KB read in %.1f s', $took))
+        or diag('ended by ' . ($end ? describe($end) : 'a timeout'));
+    cmp_ok($took, '>', 3.5, '... longer than pong_timeout (3 s): the timeout was not what it measured');
+    usable($r, 'steady slow reader: afterwards');
+    $r->close_socket;
+    worker_fine('steady slow reader');
+}
+
 done_ahava();
