@@ -92,9 +92,11 @@ struct ngx_ahava_ws_session_s {
     size_t                     out_sent;        /* of the first frame */
     size_t                     out_bytes;
 
-    /* live events held while the replay of ?since= runs */
+    /* live events held while the replay of ?since= runs (their bytes are
+     * in out_bytes too: the bound covers both) */
     ngx_ahava_ws_out_t        *held;
     ngx_ahava_ws_out_t       **held_last;
+    size_t                     held_bytes;
 
     ngx_event_t                timer;           /* the takeover, then pings */
     ngx_msec_t                 alive_at;        /* the client's last frame */

@@ -1535,7 +1535,7 @@ ngx_ahava_ws_op_done(ngx_ahava_pg_query_t *q)
     }
 
     if (s->op == NULL && s->replay_wait
-        && s->out_bytes < s->conf->send_queue / 4)
+        && s->out_bytes - s->held_bytes < s->conf->send_queue / 4)
     {
         /* the queue drained while this op ran */
         s->replay_wait = 0;
@@ -1713,7 +1713,9 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
         ngx_cpystrn(rp->sent[rp->nsent++ % NGX_AHAVA_WS_REPLAY_IDS], id,
                     NGX_AHAVA_ID_MAX_LEN + 1);
 
-        if (s->out_bytes > s->conf->send_queue / 2) {
+        /* what waits to be written, not what is held behind the replay:
+         * held events alone must not keep it waiting for good */
+        if (s->out_bytes - s->held_bytes > s->conf->send_queue / 2) {
             /* the rest once the client has read this: the queue stays
              * within its bound however large the messages are */
             s->replay_wait = 1;
@@ -1788,6 +1790,7 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 
         /* counted once held; queued again below */
         s->out_bytes -= out->frame->len;
+        s->held_bytes -= out->frame->len;
 
         if (!out->duplicate && !s->closing) {
             if (out->frame->id && out->frame->at) {
@@ -2145,6 +2148,7 @@ ngx_ahava_ws_queue(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f,
     if (held) {
         *s->held_last = out;
         s->held_last = &out->next;
+        s->held_bytes += f->len;
         return;
     }
 
@@ -2194,7 +2198,8 @@ ngx_ahava_ws_write_handler(ngx_event_t *wev)
         return;
     }
 
-    if (s->replay_wait && s->out_bytes < s->conf->send_queue / 4
+    if (s->replay_wait
+        && s->out_bytes - s->held_bytes < s->conf->send_queue / 4
         && s->op == NULL)
     {
         s->replay_wait = 0;
@@ -2352,7 +2357,7 @@ ngx_ahava_ws_close(ngx_ahava_ws_session_t *s, ngx_uint_t code)
         ngx_ahava_ws_free_queue(s->out);
         s->out = NULL;
         s->out_last = &s->out;
-        s->out_bytes = 0;
+        s->out_bytes = s->held_bytes;
     }
 
     if (f) {

@@ -695,4 +695,42 @@ sub control_pong_within {
     worker_fine('steady slow reader');
 }
 
+# --- live events held behind a paused replay ------------------------------------------------------
+# The replay waits while more than half of the 64k queue waits to be
+# written; live events that come meanwhile are held behind it.  Held bytes
+# are not what waits to be written: 8 of them (24 KB, over a quarter of the
+# queue) must not keep the replay waiting once the client reads again.
+{
+    my $note = substr(join('', map { "line $_ of a long note. " } 1 .. 200), 0, 2990);
+    my $mark = (Ahava::Messages::insert_messages({ visit => $ID{visit1}, from => 'nurse1',
+        to => 'patient1', content => 'the second mark', at => q{LOCALTIMESTAMP(3) + interval '2 seconds'} }))[0];
+    Ahava::Messages::insert_messages(map { { visit => $ID{visit1}, from => 'nurse1', to => 'patient1',
+        content => sprintf('backlog %04d %s', $_, $note),
+        at => sprintf(q{LOCALTIMESTAMP(3) + interval '2 seconds' + interval '%d milliseconds'}, $_) } } 1 .. 60);
+    my $r = ws_raw(as => 'patient1', port => $PORT{SLOW}, rcvbuf => 4096, query => [since => $mark]);
+    is($r->status, 101, 'held behind a replay: ?since= with SO_RCVBUF 4k, not reading: 101');
+    ok(poll_until(5, sub { redis_numsub($P1) >= 1 }), 'held behind a replay: subscribed');
+    my @bad;
+    for my $i (1 .. 8) {
+        my $res = send_message('nurse1', $ID{visit1}, 'patient1', sprintf('live %d %s', $i, $note));
+        push @bad, $res->status unless $res->status == 201;
+    }
+    ok(!@bad, 'held behind a replay: 8 live messages of 3 KB sent meanwhile') or diag("@bad");
+    my (%got, $end);
+    while (1) {
+        my $f = $r->read_frame(5);
+        if (!$f || $f->{eof} || $f->{opcode} == 8) { $end = $f; last }
+        next unless $f->{opcode} == 1 && ($f->{json}{type} // '') eq 'NEW_MESSAGE';
+        my ($kind) = ($f->{json}{data}{content} // '') =~ /^(backlog|live)/;
+        $got{$kind // 'other'}++;
+        last if ($got{backlog} // 0) == 60 && ($got{live} // 0) == 8;
+    }
+    is($got{backlog}, 60, 'held behind a replay: the whole backlog is replayed')
+        or diag(explain(\%got), 'ended by ', ($end ? describe($end) : 'a timeout'));
+    is($got{live}, 8, '... then the 8 live messages held behind it');
+    usable($r, 'held behind a replay: afterwards');
+    $r->close_socket;
+    worker_fine('held behind a replay');
+}
+
 done_ahava();
