@@ -251,6 +251,8 @@ struct ngx_ahava_pg_query_s {
     ngx_event_t                wait_timer;
     unsigned                   waiting:1;
     unsigned                   running:1;
+    unsigned                   sent:1;          /* reached the server: it
+                                                   may have committed */
 };
 
 

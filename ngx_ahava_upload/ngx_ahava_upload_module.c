@@ -102,8 +102,11 @@ typedef struct {
 
     const char                *reason;         /* of a refusal */
     ngx_uint_t                 files;
+    ngx_ahava_pg_query_t      *query;           /* the row's INSERT */
+
     unsigned                   in_file:1;
-    unsigned                   renamed:1;
+    unsigned                   renamed:1;       /* at its final name, its
+                                                   row not known written */
     unsigned                   reading:1;       /* inside the first read */
 } ngx_ahava_upload_t;
 
@@ -730,6 +733,7 @@ ngx_ahava_upload_finish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     id[NGX_AHAVA_NEW_ID_LEN] = '\0';
 
     u->type = type;
+    u->query = q;
 
     q->values[0] = (char *) id;
     q->values[1] = (char *) ctx->user.id;
@@ -760,11 +764,24 @@ ngx_ahava_upload_recorded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 
     u = ctx->data;
 
+    u->renamed = 0;
+
     if (ctx->query->rc != NGX_OK) {
-        /* not recorded: the file goes too */
         ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_FAILED, 1);
-        u->renamed = 0;
-        (void) ngx_delete_file(u->path.data);
+
+        if (ctx->query->rc == NGX_ERROR || !ctx->query->sent) {
+            /* not recorded: the file goes too */
+            (void) ngx_delete_file(u->path.data);
+
+        } else {
+            /* the connection went after the INSERT was sent: the row may
+             * be there, and it must not point to no file */
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "ahava: upload \"%s/%s\" kept: PostgreSQL went "
+                          "before saying whether its row was written",
+                          u->dir, u->name);
+        }
+
         return ngx_ahava_query_failed(r, ctx);
     }
 
@@ -1079,6 +1096,14 @@ ngx_ahava_upload_discard(ngx_ahava_upload_t *u)
     if (u->part.data && !u->renamed) {
         (void) ngx_delete_file(u->part.data);
         u->part.data = NULL;
+    }
+
+    /* renamed, and its INSERT never reached PostgreSQL (refused at once,
+     * or the client went while it waited for a connection): no row can
+     * point to it.  One that was sent may commit still: it stays. */
+    if (u->renamed && (u->query == NULL || !u->query->sent)) {
+        (void) ngx_delete_file(u->path.data);
+        u->renamed = 0;
     }
 }
 

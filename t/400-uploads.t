@@ -348,6 +348,66 @@ sub early_answer {
     api_ok(upload('file', [['file', 'a.pdf', $FILE{pdf}]]), 'writable again: 201', status => 201);
 }
 
+# --- the row's INSERT never sent: the renamed file goes with the answer ------------------
+# One connection, one place in the wait queue, the users cached: a request
+# stuck on a locked table holds the connection, a second one the queue (the
+# upload itself needs no statement but its INSERT).
+{
+    (my $conf = $CONF) =~ s/^(ahava_download_cache_ttl.*)$/$1\nahava_pg_pool_size 1;\nahava_pg_wait_queue 1;\nahava_pg_wait_timeout 30s;\nahava_user_cache_ttl 60s;/m;
+    $conf =~ s/^(\s*location = \/_ahava_error)/    location = \/metrics { ahava_metrics; }\n$1/m;
+    my $f = start_nginx($conf, name => 'full', workers => 1, vars => { DATA => $DATA });
+    my $metric = sub {
+        my ($v) = (response(GET => '/metrics', nginx => $f)->raw // '') =~ /^$_[0] (\d+)$/m;
+        return $v // -1;
+    };
+    my %tok = map { $_ => token($ID{$_}) } qw(nurse1 admin);
+    isnt(response(GET => "/api/messages/visit/$ID{visit1}", token => $tok{$_}, nginx => $f)->status,
+         401, "full: $_ is known (and cached)") for sort keys %tok;
+    my @before = files_on_disk();
+    my $rows = rows();
+    my $lock = lock_table('messages');
+    my $stuck = Ahava::Test::HTTP::Conn->open($f->port, GET => "/api/messages/visit/$ID{visit1}",
+                    headers => { Authorization => "Bearer $tok{admin}" });
+    ok(poll_until(5, sub { Ahava::Test::HTTP::wait_all([$stuck], 0.05); pg_lock_waiters() >= 1 }),
+       'full: a request holds the one connection, waiting on a locked table');
+    my $queued = Ahava::Test::HTTP::Conn->open($f->port, GET => "/api/messages/visit/$ID{visit1}",
+                     headers => { Authorization => "Bearer $tok{admin}" });
+    ok(poll_until(5, sub { Ahava::Test::HTTP::wait_all([$queued], 0.05); $metric->('ahava_pg_waiters') == 1 }),
+       'full: another one waits in the queue: it is full');
+
+    # refused at once: the file was renamed before the INSERT was sent
+    my ($body, $ct) = multipart(['image', 'refused.png', $FILE{png}, 'image/png']);
+    my $r = response(POST => '/api/messages/upload/image', token => $tok{nurse1}, nginx => $f,
+                     headers => { 'Content-Type' => $ct }, body => $body);
+    api_error_is($r, 503, 'SERVICE_UNAVAILABLE', 'full: an upload whose row cannot be sent: 503');
+    is_deeply([files_on_disk()], \@before, '... no file left');
+
+    # the client goes while the INSERT waits for the connection
+    $queued->abort;
+    ok(poll_until(5, sub { $metric->('ahava_pg_waiters') == 0 }), 'full: the queue has room again');
+    my $tok = $tok{nurse1};
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $f->port) or die $!;
+    print {$s} "POST /api/messages/upload/image HTTP/1.1\r\nHost: x\r\n"
+             . "Authorization: Bearer $tok\r\nContent-Type: $ct\r\n"
+             . 'Content-Length: ' . length($body) . "\r\n\r\n" . $body;
+    my @new;
+    ok(poll_until(5, sub { @new = grep { my $x = $_; !grep { $_ eq $x } @before } files_on_disk();
+                           @new == 1 && $new[0] !~ /\.part$/ && $metric->('ahava_pg_waiters') == 1 }),
+       'full: an upload renamed its file and waits for the connection: ' . join(' ', @new));
+    close $s;
+    ok(poll_until(5, sub { $metric->('ahava_pg_waiters') == 0 }), '... its client went: it left the queue');
+    ok(poll_until(5, sub { !grep { my $x = $_; !grep { $_ eq $x } @before } files_on_disk() }),
+       '... and its file went with it');
+
+    $lock->release;
+    Ahava::Test::HTTP::wait_all([$stuck], 10);
+    is($stuck->response->status, 200, 'full: the stuck request ends once the lock goes');
+    is(rows(), $rows, 'full: no row for either upload');
+    api_ok(upload('image', [['image', 'a.png', $FILE{png}]]), 'and the main nginx still stores uploads', status => 201);
+    ok($f->stop, "nginx 'full' exits");
+    check_error_log($f);
+}
+
 # --- downloads ---------------------------------------------------------------------
 my $img = $STORED{png}{url};       # nurse1's
 my $doc = $STORED{pdf}{url};
