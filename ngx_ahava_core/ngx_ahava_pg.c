@@ -635,12 +635,13 @@ ngx_ahava_pg_start(ngx_ahava_pg_conn_t *pc, ngx_ahava_pg_query_t *q)
         return NGX_ERROR;
     }
 
-    /* from here on its outcome may be unknown to us, not to the server */
-    q->sent = 1;
-
     if (ngx_ahava_pg_flush(pc) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    /* from here on its outcome may be unknown to us, not to the server
+     * (a statement cut off before its Sync never runs) */
+    q->sent = 1;
 
     pc->query = q;
     pc->failed = 0;

@@ -769,8 +769,11 @@ ngx_ahava_upload_recorded(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     if (ctx->query->rc != NGX_OK) {
         ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_FAILED, 1);
 
-        if (ctx->query->rc == NGX_ERROR || !ctx->query->sent) {
-            /* not recorded: the file goes too */
+        if (ctx->query->rc == NGX_ERROR || !ctx->query->sent
+            || ctx->query->sqlstate)
+        {
+            /* not recorded (never sent, or the server said why): the file
+             * goes too */
             (void) ngx_delete_file(u->path.data);
 
         } else {

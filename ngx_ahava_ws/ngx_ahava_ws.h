@@ -131,6 +131,15 @@ struct ngx_ahava_ws_session_s {
     unsigned                   replay_started:1; /* once subscribed */
     unsigned                   replay_due:1;    /* after the current op */
     unsigned                   replay_wait:1;   /* for the queue to drain */
+
+    /* a replay owed after a lost subscription: live events are held from
+     * then; it starts once subscribed again, in one of the hub's few
+     * resume slots (ngx_ahava_ws_hub_resume_slot) */
+    unsigned                   resume_pending:1;
+    unsigned                   resume_after:1;  /* once the running one ends */
+    unsigned                   resuming:1;      /* holds a slot */
+    unsigned                   resume_waiting:1; /* in hub->resume_wait */
+    ngx_queue_t                resume_queue;
 };
 
 
@@ -152,6 +161,10 @@ ngx_int_t ngx_ahava_ws_hub_join(ngx_ahava_ws_hub_t *hub,
 void ngx_ahava_ws_hub_leave(ngx_ahava_ws_hub_t *hub,
     ngx_ahava_ws_session_t *s);
 ngx_uint_t ngx_ahava_ws_hub_listening(ngx_ahava_ws_hub_t *hub,
+    ngx_ahava_ws_session_t *s);
+ngx_uint_t ngx_ahava_ws_hub_resume_slot(ngx_ahava_ws_hub_t *hub,
+    ngx_ahava_ws_session_t *s);
+void ngx_ahava_ws_hub_resume_done(ngx_ahava_ws_hub_t *hub,
     ngx_ahava_ws_session_t *s);
 
 /* the sessions (ngx_ahava_ws_module.c) */

@@ -27,6 +27,14 @@ struct ngx_ahava_ws_hub_s {
     ngx_log_t                 *log;
     ngx_event_t                flush;           /* subscription changes */
     ngx_queue_t                dirty;
+
+    /* replays after a lost subscription: a few at a time, so that a
+     * worker with many sockets does not fill the pool with them */
+    ngx_uint_t                 resumes;
+    ngx_uint_t                 resumes_max;
+    ngx_queue_t                resume_wait;
+    ngx_event_t                resume_next;
+
     ngx_ahava_ws_channel_t   **buckets;
     ngx_uint_t                 nchannels;
     ngx_ahava_log_limit_t      error_log;
@@ -43,6 +51,7 @@ static void ngx_ahava_ws_hub_reply(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_ahava_ws_hub_free(ngx_ahava_ws_hub_t *hub,
     ngx_ahava_ws_channel_t *ch);
+static void ngx_ahava_ws_hub_resume_next(ngx_event_t *ev);
 
 
 ngx_ahava_ws_hub_t *
@@ -68,6 +77,12 @@ ngx_ahava_ws_hub_create(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
     hub->flush.data = hub;
     hub->flush.log = cycle->log;
 
+    ngx_queue_init(&hub->resume_wait);
+    hub->resumes_max = ngx_max(amcf->pg_pool_size / 2, 1);
+    hub->resume_next.handler = ngx_ahava_ws_hub_resume_next;
+    hub->resume_next.data = hub;
+    hub->resume_next.log = cycle->log;
+
     if (amcf->redis_host.len == 0) {
         /* no Redis: sockets work, nothing is delivered to them */
         return hub;
@@ -90,6 +105,10 @@ ngx_ahava_ws_hub_destroy(ngx_ahava_ws_hub_t *hub)
 {
     if (hub->flush.posted) {
         ngx_delete_posted_event(&hub->flush);
+    }
+
+    if (hub->resume_next.posted) {
+        ngx_delete_posted_event(&hub->resume_next);
     }
 
     if (hub->redis) {
@@ -145,6 +164,8 @@ ngx_ahava_ws_hub_leave(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s)
 {
     ngx_ahava_ws_channel_t  *ch;
 
+    ngx_ahava_ws_hub_resume_done(hub, s);
+
     ch = s->channel;
 
     if (ch == NULL) {
@@ -175,6 +196,82 @@ ngx_ahava_ws_hub_listening(ngx_ahava_ws_hub_t *hub, ngx_ahava_ws_session_t *s)
 {
     return s->channel->state == NGX_AHAVA_WS_CH_SUBSCRIBED
            || ngx_ahava_redis_healthy(hub->redis) != NGX_OK;
+}
+
+
+/*
+ * A replay after a lost subscription may start: yes while fewer than half
+ * the pool's connections run one, else the socket waits its turn (its live
+ * events held meanwhile) and is called back through ngx_ahava_ws_listening.
+ */
+
+ngx_uint_t
+ngx_ahava_ws_hub_resume_slot(ngx_ahava_ws_hub_t *hub,
+    ngx_ahava_ws_session_t *s)
+{
+    if (s->resuming) {
+        return 1;
+    }
+
+    if (hub->resumes < hub->resumes_max) {
+        hub->resumes++;
+        s->resuming = 1;
+        return 1;
+    }
+
+    if (!s->resume_waiting) {
+        ngx_queue_insert_tail(&hub->resume_wait, &s->resume_queue);
+        s->resume_waiting = 1;
+    }
+
+    return 0;
+}
+
+
+/* its replay ended, or the socket went: the slot goes to the next one */
+
+void
+ngx_ahava_ws_hub_resume_done(ngx_ahava_ws_hub_t *hub,
+    ngx_ahava_ws_session_t *s)
+{
+    if (s->resume_waiting) {
+        ngx_queue_remove(&s->resume_queue);
+        s->resume_waiting = 0;
+    }
+
+    if (!s->resuming) {
+        return;
+    }
+
+    s->resuming = 0;
+    hub->resumes--;
+
+    if (!ngx_queue_empty(&hub->resume_wait) && !hub->resume_next.posted) {
+        ngx_post_event(&hub->resume_next, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_ahava_ws_hub_resume_next(ngx_event_t *ev)
+{
+    ngx_queue_t             *q;
+    ngx_ahava_ws_hub_t      *hub;
+    ngx_ahava_ws_session_t  *s;
+
+    hub = ev->data;
+
+    while (hub->resumes < hub->resumes_max
+           && !ngx_queue_empty(&hub->resume_wait))
+    {
+        q = ngx_queue_head(&hub->resume_wait);
+        ngx_queue_remove(q);
+
+        s = ngx_queue_data(q, ngx_ahava_ws_session_t, resume_queue);
+        s->resume_waiting = 0;
+
+        ngx_ahava_ws_listening(s);
+    }
 }
 
 

@@ -126,6 +126,7 @@ static void ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s,
 static void ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_last(ngx_ahava_ws_session_t *s, u_char *at,
     size_t len, u_char *id);
+static ngx_int_t ngx_ahava_ws_resume_start(ngx_ahava_ws_session_t *s);
 
 static void ngx_ahava_ws_send_event(ngx_ahava_ws_session_t *s,
     const char *type, u_char *data, size_t len);
@@ -1737,7 +1738,17 @@ ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s, ngx_ahava_pg_query_t *q,
 void
 ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
 {
-    if (s->replay == NULL || s->replay_started || s->closing) {
+    if (s->closing) {
+        return;
+    }
+
+    if (s->replay == NULL && s->resume_pending
+        && ngx_ahava_ws_resume_start(s) != NGX_OK)
+    {
+        return;
+    }
+
+    if (s->replay == NULL || s->replay_started) {
         return;
     }
 
@@ -1756,22 +1767,27 @@ ngx_ahava_ws_listening(ngx_ahava_ws_session_t *s)
 static void
 ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 {
-    ngx_ahava_ws_out_t     *out, *next;
-    ngx_ahava_ws_replay_t  *rp;
+    ngx_ahava_ws_out_t        *out, *next;
+    ngx_ahava_ws_replay_t     *rp;
+    ngx_ahava_ws_main_conf_t  *wmcf;
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "ahava: websocket replay done");
 
-    /* its last ids stay: an event of one of them may still come, late */
-    if (s->replayed) {
-        ngx_free(s->replayed);
-        s->replayed = NULL;
-    }
+    wmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_ahava_ws_module);
 
+    /* its last ids stay: an event of one of them may still come, late
+     * (a replay that sent nothing keeps the ones of the one before) */
     rp = s->replay;
 
     if (rp->nsent) {
         ngx_ahava_ws_last(s, rp->at, rp->at_len, rp->id);
+
+        if (s->replayed) {
+            ngx_free(s->replayed);
+        }
+
         s->replayed = rp;
 
     } else {
@@ -1779,6 +1795,10 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
     }
 
     s->replay = NULL;
+
+    if (s->resuming) {
+        ngx_ahava_ws_hub_resume_done(wmcf->hub, s);
+    }
 
     /* the live events that came meanwhile, in their order */
     out = s->held;
@@ -1804,6 +1824,19 @@ ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s)
 
         ngx_ahava_ws_frame_release(out->frame);
         ngx_free(out);
+    }
+
+    if (s->resume_after && !s->closing) {
+        /* the subscription was lost while this replay ran: another one,
+         * from where this one ended, once subscribed again */
+        s->resume_after = 0;
+        s->resume_pending = 1;
+
+        if (s->channel
+            && s->channel->state == NGX_AHAVA_WS_CH_SUBSCRIBED)
+        {
+            ngx_ahava_ws_listening(s);
+        }
     }
 }
 
@@ -1930,29 +1963,46 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     at = NULL;
     alen = 0;
 
-    if (id) {
-        end = payload + len;
-        at = ngx_strlcasestrn(payload, end, (u_char *) "\"createdAt\"",
+    for (p = payload, end = payload + len; id && alen == 0; /* void */) {
+
+        /* the key: followed by a colon (a value that reads "createdAt",
+         * an attachmentType say, is followed by a comma or a brace) */
+        at = ngx_strlcasestrn(p, end, (u_char *) "\"createdAt\"",
                               sizeof("\"createdAt\"") - 1 - 1);
+        if (at == NULL) {
+            break;
+        }
 
-        if (at) {
-            at += sizeof("\"createdAt\"") - 1;
+        at += sizeof("\"createdAt\"") - 1;
+        p = at;
 
-            while (at < end && (*at == ' ' || *at == ':')) {
-                at++;
-            }
+        while (at < end && *at == ' ') {
+            at++;
+        }
 
-            if (at < end && *at == '"') {
-                at++;
-                p = ngx_strlchr(at, end, '"');
-                alen = p ? (size_t) (p - at) : 0;
-            }
+        if (at == end || *at != ':') {
+            at = NULL;
+            continue;
+        }
+
+        do {
+            at++;
+        } while (at < end && *at == ' ');
+
+        if (at < end && *at == '"') {
+            at++;
+            p = ngx_strlchr(at, end, '"');
+            alen = p ? (size_t) (p - at) : 0;
         }
 
         if (alen == 0 || alen > NGX_AHAVA_WS_AT_LEN) {
-            at = NULL;
-            alen = 0;
+            break;
         }
+    }
+
+    if (alen == 0 || alen > NGX_AHAVA_WS_AT_LEN) {
+        at = NULL;
+        alen = 0;
     }
 
 
@@ -2008,7 +2058,7 @@ ngx_ahava_ws_frame_release(ngx_ahava_ws_frame_t *f)
 void
 ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
 {
-    ngx_uint_t              i, n;
+    ngx_uint_t              i, k, n, held;
     ngx_ahava_ws_replay_t  *rp;
 
     if (s->closing) {
@@ -2017,10 +2067,14 @@ ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
 
     /* the replay running, or the last one: events come through the outbox,
      * late after a Redis outage, so one may follow its message's replay */
-    rp = s->replay ? s->replay : s->replayed;
+    for (k = 0; k < 2 && f->id; k++) {
+        rp = k ? s->replayed : s->replay;
 
-    if (rp && f->id) {
-        /* a message the replay sent already */
+        if (rp == NULL) {
+            continue;
+        }
+
+        /* a message a replay sent already */
         n = ngx_min(rp->nsent, NGX_AHAVA_WS_REPLAY_IDS);
 
         for (i = 0; i < n; i++) {
@@ -2033,12 +2087,14 @@ ngx_ahava_ws_deliver(ngx_ahava_ws_session_t *s, ngx_ahava_ws_frame_t *f)
         }
     }
 
-    if (s->replay == NULL && f->id && f->at) {
+    held = (s->replay != NULL || s->resume_pending);
+
+    if (!held && f->id && f->at) {
         ngx_ahava_ws_last(s, f->at, ngx_strlen(f->at), f->id);
     }
 
-    /* held while a replay runs */
-    ngx_ahava_ws_queue(s, f, s->replay != NULL);
+    /* held while a replay runs or is owed */
+    ngx_ahava_ws_queue(s, f, held);
 }
 
 
@@ -2065,17 +2121,43 @@ ngx_ahava_ws_last(ngx_ahava_ws_session_t *s, u_char *at, size_t len,
 void
 ngx_ahava_ws_resume(ngx_ahava_ws_session_t *s)
 {
-    ngx_ahava_ws_replay_t  *rp;
-
-    if (s->closing || s->replay || s->request) {
+    if (s->closing || s->request) {
         return;
+    }
+
+    if (s->replay) {
+        /* a replay runs: its last page may come before the subscription,
+         * so another follows it from where it ends */
+        s->resume_after = 1;
+        return;
+    }
+
+    /* live events are held from now: they follow the replay */
+    s->resume_pending = 1;
+}
+
+
+/* a resume's replay, from the last message queued, once it has a slot */
+
+static ngx_int_t
+ngx_ahava_ws_resume_start(ngx_ahava_ws_session_t *s)
+{
+    ngx_ahava_ws_replay_t     *rp;
+    ngx_ahava_ws_main_conf_t  *wmcf;
+
+    wmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_ahava_ws_module);
+
+    if (!ngx_ahava_ws_hub_resume_slot(wmcf->hub, s)) {
+        return NGX_DECLINED;                /* its turn comes */
     }
 
     rp = ngx_calloc(sizeof(ngx_ahava_ws_replay_t), s->connection->log);
     if (rp == NULL) {
         /* the client learns it was not replayed: it reconnects */
+        ngx_ahava_ws_hub_resume_done(wmcf->hub, s);
         ngx_ahava_ws_fail(s, NGX_AHAVA_WS_CLOSE_TRY_AGAIN);
-        return;
+        return NGX_ERROR;
     }
 
     rp->at_len = ngx_strlen(s->last_at);
@@ -2088,6 +2170,9 @@ ngx_ahava_ws_resume(ngx_ahava_ws_session_t *s)
 
     s->replay = rp;
     s->replay_started = 0;
+    s->resume_pending = 0;
+
+    return NGX_OK;
 }
 
 

@@ -186,6 +186,46 @@ SKIP: {
     ok(!$sock->closed, 'the socket was never closed');
 }
 
+# --- many sockets, few connections: the resumes take turns -----------------------------------------
+# One worker with 2 PostgreSQL connections and 2 places in their queue holds
+# 20 sockets of patient1.  After the lost subscription each owes a replay;
+# they run one at a time (half the pool), not all at once: none is refused
+# (a close with 1013), each gets what it missed, once.
+{
+    my $few = start_nginx(ws_config(http => "ahava_pg_pool_size 2;\nahava_pg_wait_queue 2;"),
+                          name => 'few', workers => 1);
+    ok(poll_until(10, sub { ((response(GET => '/health', nginx => $few)->json || {})->{redis} // '') eq 'ok' }),
+       'few: nginx is connected to Redis');
+    my @socks = map { ws_connect(as => 'patient1', nginx => $few, name => "few-$_") } 1 .. 20;
+    is(scalar(grep { pong_of($_) } @socks), 20, 'few: 20 sockets of patient1 on its one worker');
+    ok(poll_until(5, sub { redis_numsub($P1) == 2 }), 'few: both nginx subscribed to patient1');
+    Ahava::Messages::insert_messages(map { { visit => $V1, from => 'nurse1', to => 'patient1',
+        content => "missed by many $_",
+        at => sprintf(q{LOCALTIMESTAMP(3) + interval '%d milliseconds'}, $_) } } 1 .. 2);
+    redis_cmd('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    ok(poll_until(15, sub { redis_numsub($P1) == 2 }), 'few: subscribed again');
+    my @want = map { "missed by many $_" } 1 .. 2;
+    my @short;
+    for my $c (@socks) {
+        my @got;
+        for (@want) {
+            my $f = $c->next_message(10) or last;
+            push @got, ($f->{type} // '') eq 'NEW_MESSAGE' ? $f->{data}{content} : "[$f->{type}]";
+        }
+        push @short, $c->name . ': ' . join(', ', @got) unless "@got" eq "@want";
+    }
+    ok(!@short, 'few: each of the 20 sockets got both missed messages, in order') or diag(join "\n", @short);
+    my @closed = grep { $_->closed } @socks;
+    ok(!@closed, 'few: none was closed') or diag(join ', ', map { $_->name . ' ' . ($_->closed->{code} // '?') } @closed);
+    my @extra = grep { my ($p, @more) = $_->ping_roundtrip(5); !$p || @more } @socks;
+    ok(!@extra, 'few: and nothing more on any of them');
+    contents_are($sock, \@want, 'the socket on the other nginx got them too');
+    $_->close(1000) for @socks;
+    $_->wait_close(5) for @socks;
+    ok($few->stop, "nginx 'few' exits");
+    check_error_log($few);
+}
+
 # --- ?since= ------------------------------------------------------------------------------------------------
 # messages to patient1 while away (inserted directly, a day old, oldest
 # first), then a live one: replayed in order, then the live one
