@@ -189,10 +189,10 @@ ngx_ahava_schema_done(ngx_ahava_pg_query_t *q)
 
     if (PQntuples(q->result) != 1 || PQgetisnull(q->result, 0, 0)) {
         ngx_log_error(NGX_LOG_NOTICE, s->log, 0,
-                      "ahava: the database has no _ahava_migrations table "
-                      "(set up without ahava-migrate?): cannot tell whether "
-                      "it has this build's migrations, sql/ up to %s",
-                      NGX_AHAVA_SCHEMA_LATEST);
+                      "ahava: the database has no _ahava_migrations table, "
+                      "or an empty one (set up without ahava-migrate?): "
+                      "cannot tell whether it has this build's migrations, "
+                      "sql/ up to %s", NGX_AHAVA_SCHEMA_LATEST);
         return;
     }
 
