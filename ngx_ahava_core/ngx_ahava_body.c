@@ -264,6 +264,7 @@ ngx_ahava_body_parse(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
     u_char              *p, *buf;
     size_t               size;
+    ssize_t              n;
     json_t              *root, *details;
     ngx_buf_t           *b;
     ngx_chain_t         *cl;
@@ -278,14 +279,12 @@ ngx_ahava_body_parse(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
     for (cl = r->request_body ? r->request_body->bufs : NULL; cl;
          cl = cl->next)
     {
-        if (cl->buf->in_file) {
-            /* never with the location settings the core enforces */
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                          "ahava: request body in a temp file");
-            return ngx_ahava_fail(r, ctx);
-        }
-
-        size += cl->buf->last - cl->buf->pos;
+        /* a chunked body's raw bytes (sizes, extensions) can outgrow the
+         * buffer while the body itself is within the limit: nginx writes
+         * it to a temp file then, of at most NGX_AHAVA_BODY_MAX bytes (the
+         * body filter counted them), read back below */
+        size += cl->buf->in_file ? cl->buf->file_last - cl->buf->file_pos
+                                 : cl->buf->last - cl->buf->pos;
     }
 
     if (size > NGX_AHAVA_BODY_MAX) {
@@ -321,7 +320,20 @@ ngx_ahava_body_parse(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             b = cl->buf;
 
-            if (b->last != b->pos) {
+            if (b->in_file) {
+                n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                                  b->file_pos);
+
+                if (n != b->file_last - b->file_pos) {
+                    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                                  "ahava: request body temp file read "
+                                  "short: %z", n);
+                    return ngx_ahava_fail(r, ctx);
+                }
+
+                p += n;
+
+            } else if (b->last != b->pos) {
                 p = ngx_cpymem(p, b->pos, b->last - b->pos);
             }
         }

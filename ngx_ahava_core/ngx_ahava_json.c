@@ -41,8 +41,14 @@ ngx_ahava_send(ngx_http_request_t *r, ngx_uint_t status, ngx_chain_t *body)
 
     /*
      * an answer given before the body was read (401, 404, 415...): the
-     * body must still go, or a pipelined next request would start inside it
+     * body must still go, or a pipelined next request would start inside it;
+     * but a client waiting for "100 Continue" is not asked for it (nginx
+     * does the same before its own early answers)
      */
+    if (r->request_body == NULL) {
+        r->expect_tested = 1;
+    }
+
     if (ngx_http_discard_request_body(r) != NGX_OK) {
         r->keepalive = 0;
     }

@@ -522,6 +522,12 @@ ngx_ahava_step_method(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
             ngx_ahava_metrics_count(NGX_AHAVA_M_UPLOADS_TOO_LARGE, 1);
         }
 
+        /* no "100 Continue" (ngx_ahava_send), and the body is not read
+         * to its end to keep the connection: it is closed after the
+         * answer, lingering so that the client reads it */
+        r->keepalive = 0;
+        r->lingering_close = 1;
+
         return ngx_ahava_answer_status(r, ctx,
                                        NGX_HTTP_REQUEST_ENTITY_TOO_LARGE);
     }

@@ -239,6 +239,16 @@ sub chunked {
     $r = chunked(POST => '/api/messages', '{"visitId":', as => 'patient1');
     api_error_is($r, 400, 'VALIDATION_ERROR', 'a chunked body that is not JSON: 400');
 
+    # 15 KB in chunks of 1 byte: 90 KB on the wire, more than the body's
+    # buffer, so nginx writes the (decoded, 15 KB) body to a temp file
+    my $report = join(' ', map { "note$_" } 1 .. 2000);
+    $r = chunked(POST => "/api/visits/$ID{visit3}/nurse-report",
+                 $JSON->encode({ nurseReport => $report }), as => 'nurse1',
+                 pieces => [split //, $JSON->encode({ nurseReport => $report })]);
+    api_ok($r, 'a 15 KB body in chunks of 1 byte (90 KB on the wire): 200');
+    ok($r->json && ($r->json->{data}{nurseReport} // '') eq $report, '... the report as sent');
+    unlike($n->error_log, qr/\[alert\].*temp file/, '... no alert about a temp file');
+
     $r = chunked(POST => '/api/messages', '{"content":"' . ('y' x 70000) . '"}',
                  as => 'patient1', pieces => [('{"content":"' . ('y' x 70000) . '"}') =~ /(.{1,8000})/gs]);
     api_error_is($r, 413, 'PAYLOAD_TOO_LARGE', 'a chunked body over 64 KiB: 413');
@@ -287,6 +297,26 @@ sub chunked {
         is(statement_calls(except => 'audit_logs'), 0, '... nginx ran no statement after the 413');
     }
     is(psql_value('SELECT count(*) FROM messages'), $msgs0, '... no message stored');
+
+    # an answer before the body is read does not ask for it first
+    for my $case (['no token', '', 50_000_000, 401],
+                  ['a declared length over 64 KiB', "Authorization: Bearer $PATIENT\r\n", 10_000_000, 413]) {
+        my ($what, $auth, $len, $want) = @$case;
+        my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $n->port,
+                                      Proto => 'tcp', Timeout => 5) or die "connect: $!";
+        print {$c} "POST /api/messages HTTP/1.1\r\nHost: x\r\n$auth"
+            . "Content-Type: application/json\r\nContent-Length: $len\r\nExpect: 100-continue\r\n\r\n";
+        my $got = '';
+        my $cs = IO::Select->new($c);
+        while ($got !~ /\r\n\r\n/ && $cs->can_read(5)) {
+            sysread($c, $got, 4096, length $got) or last;
+        }
+        like($got, qr{^HTTP/1\.1 $want }, "Expect: 100-continue, $what: $want at once, no 100 Continue first")
+            or diag($got);
+        like($got, qr{\r\nConnection: close\r\n}i, '... and the connection is closed, not read to its end')
+            if $want == 413;
+        close $c;
+    }
 
     $r = chunked(POST => "/api/visits/$ID{visit1}/cancel", '', as => 'patient1', pieces => []);
     api_ok($r, 'an empty chunked body (cancel without a reason): 200');
