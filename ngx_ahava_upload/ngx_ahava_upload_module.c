@@ -658,6 +658,7 @@ ngx_ahava_upload_finish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     int                            rc, type;
     u_char                         digest[EVP_MAX_MD_SIZE], *hex, *id;
     unsigned int                   dlen;
+    ngx_ahava_rc_e                 arc;
     ngx_ahava_pg_query_t          *q;
     const ngx_ahava_sniff_type_t  *t;
 
@@ -751,7 +752,14 @@ ngx_ahava_upload_finish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
         return ngx_ahava_upload_refuse(r, ctx, u, NGX_AHAVA_UPLOAD_ERROR);
     }
 
-    return ngx_ahava_query(r, ctx, q, ngx_ahava_upload_recorded);
+    arc = ngx_ahava_query(r, ctx, q, ngx_ahava_upload_recorded);
+
+    if (arc != NGX_AHAVA_ASYNC) {
+        /* refused at once (503): no row can come, the file goes now */
+        ngx_ahava_upload_discard(u);
+    }
+
+    return arc;
 }
 
 
