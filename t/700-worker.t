@@ -147,6 +147,25 @@ like($seen->{failed}{ $ids->[1] }, qr/MessageRateExceeded/, 'on the only device:
 is(job_of('push-notification', $ids->[1])->{attemptsMade}, 3, '... after its three attempts');
 is($w->term, 0, 'SIGTERM: exit 0');
 
+# one job's message that Expo refuses (the whole request: 400) fails no
+# other job of the same request: added before the worker starts, the two
+# are one batch, one request
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p2-ok]'] WHERE id = '$P2'});
+psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-rejected]'] WHERE id = '$N1'});
+$ids = add_jobs('push-notification',
+    { name => 'send-push', data => { userId => $P2, title => 'Shared request', body => 'x' }, opts => \%FAST },
+    { name => 'send-push', data => { userId => $N1, title => 'Refused', body => 'x' }, opts => \%FAST });
+$w = Ahava::Worker->start(name => 'push-shared', env => { EXPO_PUSH_URL => $EXPO });
+$seen = peer('watch', $URL, 'push-notification', 16);
+my ($shared) = grep { my @to = map { $_->{to} } @{ ref $_->{body} eq 'ARRAY' ? $_->{body} : [] };
+                      (grep { /p2-ok/ } @to) && (grep { /n1-rejected/ } @to) } push_requests();
+ok($shared, 'the two jobs went to Expo in one request, refused with 400');
+is_deeply($seen->{completed}{ $ids->[0] }, { tokens => 1, sent => 1, pruned => 0, errors => 0 },
+          '... the job without fault: sent again on its own, completed');
+like($seen->{failed}{ $ids->[1] } // '', qr/400/, '... the job whose message is refused: failed');
+is(job_of('push-notification', $ids->[1])->{attemptsMade}, 1, '... at once (a 400 is not retried)');
+is($w->term, 0, 'SIGTERM: exit 0');
+
 # --- the push tokens cache: exact, because migration 008's trigger tells every change ------------
 obliterate('push-notification');
 psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[p1-cache-a]'] WHERE id = '$P1'});
@@ -390,9 +409,30 @@ like($derived->{parts}{'text/plain'}, qr/^A visit\s*$/, 'no text given: the text
 $w->term;
 kill 'TERM', $spid; close $sfh;
 
+# credentials and a server that offers no STARTTLS: never AUTH in clear
+{
+    my $dir = "$SV/plain-mail";
+    File::Path::remove_tree($dir);
+    File::Path::make_path($dir);
+    my $port = free_port();
+    my $pid = open(my $fh, '-|', '/usr/bin/python3', "$TOP/t/lib/smtp-server.py", '--port', $port,
+                   '--dir', $dir, '--auth', 'u:p') or die "smtp-server: $!";
+    (scalar(<$fh>) // '') =~ /"listening"/ or die 'smtp-server did not start';
+    $w = Ahava::Worker->start(name => 'smtp-plain', env => { SMTP_URL => "smtp://u:p\@127.0.0.1:$port" });
+    $ids = add_jobs('email', { name => 'send-email', data => { to => 'p@example.com', subject => 'Plain', html => '<p>x</p>' },
+                               opts => { attempts => 1 } });
+    $seen = peer('watch', $URL, 'email', 4);
+    like($seen->{failed}{ $ids->[0] } // '', qr/SSL|TLS/i,
+         'smtp:// with a password, the server offers no STARTTLS: failed, nothing sent in clear');
+    is(scalar(my @none = glob("$dir/*")), 0, '... the server received no message');
+    $w->term;
+    kill 'TERM', $pid;
+    close $fh;
+}
+
 $w = Ahava::Worker->start(name => 'mail-sink');
 $ids = add_jobs('email', { name => 'send-email', data => { to => 'z@example.com', subject => 'Sink', html => '<p>Read me</p>' }, opts => { attempts => 1 } });
-$seen = peer('watch', $URL, 'email', 4);
+$seen = peer('watch', $URL, 'email', 5);
 my @sink = glob($w->dir . '/data/mail/*.eml');
 is(scalar @sink, 1, 'no SMTP_URL: the message is a file under AHAVA_DATA_DIR/mail');
 is(parse_eml($sink[0])->{subject}, 'Sink', '... a whole message a person can read');
@@ -477,6 +517,26 @@ is_deeply(\@found, \@words, 'the whole nurse report, every word in order across 
 like($text, qr/End of report\./, '... to its end');
 unlike($text, qr/v2:[A-Za-z0-9+\/]{8}/, 'no ciphertext in the PDF');
 is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, 'no error on the row');
+
+# the same job again (a retry after a lost lock or a lost answer): the row
+# is COMPLETED with its file in place, so nothing is rendered and the event
+# names the same file, the one its owner was told of and may download
+{
+    my $again = add_jobs('pdf-export', { name => 'generate-pdf',
+        data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
+        opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+    my $seen2 = peer('watch', $URL, 'pdf-export', 1);
+    ok($seen2->{completed}{ $again->[0] }, 'the same export job run again: completed');
+    my $row2 = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
+    is_deeply([@{$row2}{qw(fileUrl fileSize checksum)}], [@{$row}{qw(fileUrl fileSize checksum)}],
+              '... the row still names the first file, its size and checksum');
+    is_deeply([glob("$DATA/uploads/exports/*")], [$pdf], '... no second file was rendered');
+    my @readies = grep { ($_->{payload}{type} // '') eq 'EXPORT_READY' }
+                  $sub->wait_for(5, sub { 2 <= grep { ($_->{payload}{type} // '') eq 'EXPORT_READY' } @_ });
+    is(scalar @readies, 2, '... EXPORT_READY published again');
+    is($readies[-1] && $readies[-1]{payload}{data}{fileUrl}, $row->{fileUrl}, '... naming the same file');
+    is(request(GET => $row->{fileUrl}, as => $vp)->status, 200, '... which its owner still downloads');
+}
 
 # a job whose visit is gone: FAILED at once, with the reason
 my $bad = 'cexportbad00000000000001';

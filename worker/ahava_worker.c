@@ -983,9 +983,10 @@ ahava_runner(void *arg)
 
 /*
  * After a failure: wait, longer each time (100 ms to 2 s).  While stopping
- * with finishes not sent, give up after 20 failures: their locks run out
- * and stalled recovery hands the jobs to another worker.
+ * with finishes not sent, give up after 20 failures or 20 s: their locks
+ * run out and stalled recovery hands the jobs to another worker.
  */
+#define AHAVA_STOP_GIVE_UP  20000
 static void
 ahava_runner_backoff(ahava_runner_t *r, long *backoff)
 {
@@ -996,7 +997,16 @@ ahava_runner_backoff(ahava_runner_t *r, long *backoff)
                                               : &m->stopping);
     *backoff = *backoff * 2 > 2000 ? 2000 : *backoff * 2;
 
-    if (ahava_stopping(m) && r->nfin && ++r->stop_tries > 20) {
+    if (ahava_stopping(m) && r->nfin && r->stop_since == 0) {
+        r->stop_since = ahava_now_ms();
+    }
+
+    /* a bound in time too: each try may wait out a connect timeout, and
+     * a stop has seconds, not minutes, before a SIGKILL */
+    if (ahava_stopping(m) && r->nfin
+        && (++r->stop_tries > 20
+            || ahava_now_ms() - r->stop_since > AHAVA_STOP_GIVE_UP))
+    {
         ahava_log("error", "stopping without reporting finished jobs",
                   "{s:s,s:i}", "queue", r->q->name, "jobs", r->nfin);
         ahava_runner_sent(r);
@@ -1019,6 +1029,7 @@ ahava_runner_sent(ahava_runner_t *r)
 
     r->nfin = 0;
     r->stop_tries = 0;
+    r->stop_since = 0;
 }
 
 

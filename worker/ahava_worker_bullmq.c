@@ -23,11 +23,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 
 #define AHAVA_BQ_FINISH_ARGS  10
+
+
+static double ahava_bq_random(void);
 
 
 /* helpers every script shares: P, now and meta are set before them */
@@ -174,17 +180,14 @@ static const char  ahava_bq_step_lua[] =
     "local codes = {}\n"
     "local nf = tonumber(ARGV[3])\n"
     "local i = 4\n"
+    /* a job sent back to wait or delayed: the queue is not drained */
+    "local requeued = false\n"
     "for f = 1, nf do\n"
     "  codes[f] = finish(ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3],"
     " ARGV[i+4], tonumber(ARGV[i+5]), tonumber(ARGV[i+6]),"
     " tonumber(ARGV[i+7]), tonumber(ARGV[i+8]), tonumber(ARGV[i+9]))\n"
+    "  if ARGV[i+2] == 'd' or ARGV[i+2] == 'r' then requeued = true end\n"
     "  i = i + 10\n"
-    "end\n"
-    "if nf > 0 and redis.call('LLEN', P .. 'wait') == 0"
-    " and redis.call('LLEN', P .. 'active') == 0"
-    " and redis.call('ZCARD', P .. 'prioritized') == 0 then\n"
-    "  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxEvents, '*',"
-    " 'event', 'drained')\n"
     "end\n"
     "local n = tonumber(ARGV[i])\n"
     "local jobs, limited, nextDelayed = {}, 0, ''\n"
@@ -262,6 +265,15 @@ static const char  ahava_bq_step_lua[] =
     "    if first[2] then nextDelayed ="
     " tostring(math.floor(tonumber(first[2]) / 0x1000)) end\n"
     "  end\n"
+    "end\n"
+    /* drained, as BullMQ says it: a finish that fetched nothing, with
+     * nothing waiting, active or sent back */
+    "if nf > 0 and #jobs == 0 and not requeued"
+    " and redis.call('LLEN', P .. 'wait') == 0"
+    " and redis.call('LLEN', P .. 'active') == 0"
+    " and redis.call('ZCARD', P .. 'prioritized') == 0 then\n"
+    "  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxEvents, '*',"
+    " 'event', 'drained')\n"
     "end\n"
     "return { codes, jobs, limited, nextDelayed }\n";
 
@@ -769,8 +781,37 @@ ahava_bq_backoff(json_t *opts, long made)
     }
 
     if (jitter > 0) {
-        max = floor(drand48() * max * jitter + max * (1 - jitter));
+        max = floor(ahava_bq_random() * max * jitter + max * (1 - jitter));
+    }
+
+    /* 2^made overflows at last: the delayed set's score (due ms * 4096)
+     * stays exact below 2^53, so no delay goes past 2^40 ms (34 years) */
+    if (!(max <= 1099511627776.0)) {
+        max = 1099511627776.0;
     }
 
     return (int64_t) max;
+}
+
+
+/* [0, 1), seeded apart in each thread of each process: jitter spreads the
+ * retries of several daemons only if their sequences differ */
+
+static double
+ahava_bq_random(void)
+{
+    static __thread int             seeded;
+    static __thread unsigned short  state[3];
+
+    if (!seeded) {
+        if (RAND_bytes((unsigned char *) state, sizeof(state)) != 1) {
+            state[0] = (unsigned short) getpid();
+            state[1] = (unsigned short) (uintptr_t) &seeded;
+            state[2] = (unsigned short) time(NULL);
+        }
+
+        seeded = 1;
+    }
+
+    return erand48(state);
 }

@@ -1274,8 +1274,12 @@ ahava_email_smtp(ahava_thread_t *t, const char *to, const char *sender,
     }
 
     if (strcmp(scheme, "smtp") == 0) {
-        /* STARTTLS whenever the server offers it */
-        curl_easy_setopt(curl, CURLOPT_USE_SSL, (long) CURLUSESSL_TRY);
+        /* STARTTLS whenever the server offers it; required with
+         * credentials: a server that does not offer it (or someone in
+         * between who strips the offer) must never get the password */
+        curl_easy_setopt(curl, CURLOPT_USE_SSL,
+                         (long) ((user || pass) ? CURLUSESSL_ALL
+                                                : CURLUSESSL_TRY));
     }
 
     if (t->conf->smtp_ca_file && t->conf->smtp_ca_file[0]) {

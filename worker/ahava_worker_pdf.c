@@ -186,6 +186,7 @@ static void ahava_pdf_footer(ahava_pdf_doc_t *d);
 static gchar *ahava_pdf_clean(const char *s, size_t len, int oneline);
 static const char *ahava_pdf_value(PGresult *res, int col);
 static const char *ahava_pdf_time(const char *iso, char *buf, size_t len);
+static const char *ahava_pdf_stored_name(const char *url);
 static ahava_job_rc_e ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j,
     char *err, size_t errlen);
 static ahava_job_rc_e ahava_pdf_publish(ahava_thread_t *t,
@@ -266,10 +267,12 @@ static const char  ahava_pdf_load_sql[] =
     " LEFT JOIN users d ON d.id = v.\"doctorId\""
     " WHERE v.id = $1";
 
+/* the first completion wins: the file its event named stays the row's */
 static const char  ahava_pdf_complete_sql[] =
     "UPDATE export_jobs SET status = 'COMPLETED', \"fileUrl\" = $2,"
     " \"fileSize\" = $3::int, checksum = $4,"
-    " \"completedAt\" = LOCALTIMESTAMP(3), error = NULL WHERE id = $1";
+    " \"completedAt\" = LOCALTIMESTAMP(3), error = NULL"
+    " WHERE id = $1 AND status <> 'COMPLETED'";
 
 /* a completed export keeps its file: a late failure does not undo it */
 static const char  ahava_pdf_fail_sql[] =
@@ -457,7 +460,8 @@ static ahava_job_rc_e
 ahava_pdf_claim(PGconn *pg, ahava_pdf_job_t *j, int *done, char *err,
     size_t errlen)
 {
-    const char      *status, *row_visit, *url, *size, *sum;
+    gchar           *path;
+    const char      *status, *row_visit, *url, *size, *sum, *name;
     PGresult        *res;
     struct stat      st;
     ahava_job_rc_e   rc;
@@ -501,16 +505,29 @@ ahava_pdf_claim(PGconn *pg, ahava_pdf_job_t *j, int *done, char *err,
         url = ahava_pdf_value(res, 4);
         size = ahava_pdf_value(res, 5);
         sum = ahava_pdf_value(res, 6);
+        name = ahava_pdf_stored_name(url);
+        path = name ? g_strdup_printf("%s/%s", j->dir, name) : NULL;
 
-        if (url && size && sum && strcmp(url, j->file_url) == 0
-            && strlen(sum) == sizeof(j->sha256) - 1
-            && stat(j->path, &st) == 0 && S_ISREG(st.st_mode)
+        if (path && size && sum && strlen(sum) == sizeof(j->sha256) - 1
+            && stat(path, &st) == 0 && S_ISREG(st.st_mode)
             && (json_int_t) st.st_size == strtoll(size, NULL, 10))
         {
+            /* the file its first event named, never a new one: that URL
+             * is the one its owner was told and may download */
+            g_free(j->name);
+            g_free(j->path);
+            g_free(j->file_url);
+            j->name = g_strdup(name);
+            j->path = path;
+            j->file_url = g_strdup(url);
+            path = NULL;
+
             j->size = st.st_size;
             memcpy(j->sha256, sum, sizeof(j->sha256));
             *done = 1;
         }
+
+        g_free(path);
     }
 
     PQclear(res);
@@ -1450,6 +1467,7 @@ ahava_pdf_time(const char *iso, char *buf, size_t len)
 static ahava_job_rc_e
 ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j, char *err, size_t errlen)
 {
+    int           done;
     char          size[32];
     PGresult     *res;
     const char   *params[4];
@@ -1471,16 +1489,54 @@ ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j, char *err, size_t errlen)
     }
 
     if (strcmp(PQcmdTuples(res), "1") != 0) {
-        /* deleted meanwhile: nobody can download it any more */
+        /* deleted meanwhile, or completed by another run of the job (a
+         * lost lock): this file is nobody's; that run's, if it is here,
+         * is the one to announce */
         PQclear(res);
         (void) unlink(j->path);
-        snprintf(err, errlen, "export job not found");
+
+        if (ahava_pdf_claim(pg, j, &done, err, errlen) == AHAVA_JOB_DONE
+            && done)
+        {
+            return AHAVA_JOB_DONE;
+        }
+
+        snprintf(err, errlen, "export job not found, or completed by "
+                 "another run without its file here");
         return AHAVA_JOB_FATAL;
     }
 
     PQclear(res);
 
     return AHAVA_JOB_DONE;
+}
+
+
+/* "/uploads/exports/<name>" as this daemon writes it: the name, or NULL */
+
+static const char *
+ahava_pdf_stored_name(const char *url)
+{
+    size_t       len;
+    const char  *name;
+
+    if (url == NULL
+        || strncmp(url, "/uploads/exports/", sizeof("/uploads/exports/") - 1)
+           != 0)
+    {
+        return NULL;
+    }
+
+    name = url + sizeof("/uploads/exports/") - 1;
+    len = strlen(name);
+
+    if (len <= sizeof(".pdf") - 1 || name[0] == '.' || strchr(name, '/')
+        || strcmp(name + len - (sizeof(".pdf") - 1), ".pdf") != 0)
+    {
+        return NULL;
+    }
+
+    return name;
 }
 
 

@@ -390,7 +390,7 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
     const char         *status, *detail, *params[2];
     char               *text, cerr[CURL_ERROR_SIZE], auth[600];
     long                code;
-    int                 i, noticket;
+    int                 i, k, noticket;
 
     arr = json_array();
 
@@ -473,6 +473,25 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
     curl_slist_free_all(headers);
     free(text);
 
+    if (cc == CURLE_OK && code >= 400 && code < 500 && code != 429
+        && code != 401 && code != 403 && msgs[0].job != msgs[n - 1].job)
+    {
+        /* Expo refuses a whole request for one bad message (or for tokens
+         * of two projects): each job's messages alone then, so that one
+         * job's fault fails no other (a job's messages are contiguous) */
+        free(body.data);
+
+        for (i = 0; i < n; i = k) {
+            for (k = i + 1; k < n && msgs[k].job == msgs[i].job; k++) {
+                /* void */
+            }
+
+            (void) ahava_push_send(t, jobs, &msgs[i], k - i, tally, pg);
+        }
+
+        return 0;
+    }
+
     if (cc != CURLE_OK || code == 429 || code >= 500 || code < 200
         || code >= 300)
     {
@@ -484,7 +503,10 @@ ahava_push_send(ahava_thread_t *t, ahava_job_t **jobs, ahava_push_msg_t *msgs,
                 snprintf(y->reason, AHAVA_ERR_LEN, "push endpoint: %s",
                          cerr[0] ? cerr : curl_easy_strerror(cc));
 
-            } else if (code == 429 || code >= 500) {
+            } else if (code == 429 || code >= 500 || code == 401
+                       || code == 403)
+            {
+                /* busy, or the access token being rotated: again later */
                 y->retry = 1;
                 snprintf(y->reason, AHAVA_ERR_LEN,
                          "push endpoint answered %ld", code);

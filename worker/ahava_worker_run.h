@@ -75,6 +75,7 @@ typedef struct {
     ahava_bq_finish_t   fin[AHAVA_BQ_MAX_BATCH];
     int                 nfin;
     int                 stop_tries;
+    int64_t             stop_since;     /* ms: the first try while stopping */
 
     /* the jobs in hand, for the keeper's lock renewal */
     pthread_mutex_t     lock;

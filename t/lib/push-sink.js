@@ -11,7 +11,9 @@
 // it is seen (and 200 after); one containing "throttle" gets 429 the first
 // two times; one containing "slow" holds the answer 3 s the first time it
 // is seen; one containing "ratelimited" gets a MessageRateExceeded ticket;
-// every other token gets {"status":"ok"}.
+// one containing "rejected" makes the whole request 400 (as Expo refuses a
+// request mixing two projects' tokens); every other token gets
+// {"status":"ok"}.
 'use strict';
 
 const fs = require('node:fs');
@@ -39,6 +41,7 @@ const server = http.createServer((req, res) => {
         for (const m of msgs) {
             if (String(m.to).includes('busy') && times(m.to) === 1) status = 503;
             if (String(m.to).includes('throttle') && times(m.to) <= 2) status = 429;
+            if (String(m.to).includes('rejected')) status = 400;
         }
         if (!Array.isArray(body)) status = 400;
         const slow = msgs.some((m) => String(m.to).includes('slow') && times(m.to) === 1);
