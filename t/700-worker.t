@@ -525,7 +525,7 @@ is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, '
     my $again = add_jobs('pdf-export', { name => 'generate-pdf',
         data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
         opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
-    my $seen2 = peer('watch', $URL, 'pdf-export', 1);
+    my $seen2 = peer('watch', $URL, 'pdf-export', 2);
     ok($seen2->{completed}{ $again->[0] }, 'the same export job run again: completed');
     my $row2 = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
     is_deeply([@{$row2}{qw(fileUrl fileSize checksum)}], [@{$row}{qw(fileUrl fileSize checksum)}],
@@ -537,6 +537,22 @@ is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, '
     is($readies[-1] && $readies[-1]{payload}{data}{fileUrl}, $row->{fileUrl}, '... naming the same file');
     is(request(GET => $row->{fileUrl}, as => $vp)->status, 200, '... which its owner still downloads');
 }
+# its file gone (removed by hand): the job again makes it anew, and the row
+# names the new one
+{
+    unlink $pdf;
+    my $again = add_jobs('pdf-export', { name => 'generate-pdf',
+        data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
+        opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+    my $seen3 = peer('watch', $URL, 'pdf-export', 3);
+    ok($seen3->{completed}{ $again->[0] }, 'the file of a completed export removed, the job again: completed');
+    my $row3 = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
+    isnt($row3->{fileUrl}, $row->{fileUrl}, '... the row names a new file');
+    my $dl3 = request(GET => $row3->{fileUrl}, as => $vp);
+    is($dl3->status, 200, '... which its owner downloads');
+    is(Digest::SHA::sha256_hex($dl3->raw), $row3->{checksum}, '... with the checksum of the row');
+    $pdf = "$DATA$row3->{fileUrl}";
+}
 
 # a job whose visit is gone: FAILED at once, with the reason
 my $bad = 'cexportbad00000000000001';
@@ -545,7 +561,7 @@ psql(qq{INSERT INTO export_jobs (id, "userId", "userRole", type, filters, status
 $ids = add_jobs('pdf-export', { name => 'generate-pdf',
     data => { exportJobId => $bad, userId => $vp, type => 'visit_report', filters => { visitId => 'nosuchvisit' } },
     opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
-$seen = peer('watch', $URL, 'pdf-export', 2);
+$seen = peer('watch', $URL, 'pdf-export', 4);
 ok($seen->{failed}{ $ids->[0] }, 'the pdf job of a missing visit failed');
 my $badrow = request(GET => "/api/exports/$bad", as => $vp)->json->{data};
 is($badrow->{status}, 'FAILED', 'GET /api/exports/:id: FAILED');

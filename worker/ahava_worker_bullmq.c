@@ -266,9 +266,12 @@ static const char  ahava_bq_step_lua[] =
     " tostring(math.floor(tonumber(first[2]) / 0x1000)) end\n"
     "  end\n"
     "end\n"
-    /* drained, as BullMQ says it: a finish that fetched nothing, with
-     * nothing waiting, active or sent back */
-    "if nf > 0 and #jobs == 0 and not requeued"
+    /* drained, as BullMQ says it: a finish that fetched nothing, not
+     * limited nor paused, with nothing waiting, delayed, active or sent
+     * back */
+    "if nf > 0 and #jobs == 0 and not requeued and limited == 0"
+    " and not pausedOrMaxed()"
+    " and redis.call('ZCARD', P .. 'delayed') == 0"
     " and redis.call('LLEN', P .. 'wait') == 0"
     " and redis.call('LLEN', P .. 'active') == 0"
     " and redis.call('ZCARD', P .. 'prioritized') == 0 then\n"
@@ -784,8 +787,12 @@ ahava_bq_backoff(json_t *opts, long made)
         max = floor(ahava_bq_random() * max * jitter + max * (1 - jitter));
     }
 
-    /* 2^made overflows at last: the delayed set's score (due ms * 4096)
-     * stays exact below 2^53, so no delay goes past 2^40 ms (34 years) */
+    if (delay == 0 || isnan(max)) {
+        return 0;
+    }
+
+    /* 2^made overflows at last: no delay past 2^40 ms (34 years), where
+     * the delayed set's score (due ms * 4096) still orders by the ms */
     if (!(max <= 1099511627776.0)) {
         max = 1099511627776.0;
     }

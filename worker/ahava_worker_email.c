@@ -1323,10 +1323,12 @@ ahava_email_smtp(ahava_thread_t *t, const char *to, const char *sender,
     }
 
     /*
-     * a refused recipient or message is final; a refused login (535) is
-     * the configuration's fault, which may be mended before the retry
+     * a refused recipient or message is final; a refused login (535) or
+     * STARTTLS is the configuration's fault, which may be mended before
+     * the retry
      */
-    rc = (code >= 500 && code <= 599 && cc != CURLE_LOGIN_DENIED)
+    rc = (code >= 500 && code <= 599 && cc != CURLE_LOGIN_DENIED
+          && cc != CURLE_USE_SSL_FAILED)
          ? AHAVA_JOB_FATAL : AHAVA_JOB_RETRY;
 
 done:

@@ -104,6 +104,7 @@ typedef struct {
     gchar                 *path;
     gchar                 *part;            /* written, then renamed */
     gchar                 *file_url;
+    gchar                 *lost_url;        /* COMPLETED, its file not here */
 
     json_int_t             size;
     char                   sha256[2 * 32 + 1];
@@ -267,12 +268,14 @@ static const char  ahava_pdf_load_sql[] =
     " LEFT JOIN users d ON d.id = v.\"doctorId\""
     " WHERE v.id = $1";
 
-/* the first completion wins: the file its event named stays the row's */
+/* the first completion wins: the file its event named stays the row's;
+ * a completed row whose file is gone ($5, as the claim saw it) is mended */
 static const char  ahava_pdf_complete_sql[] =
     "UPDATE export_jobs SET status = 'COMPLETED', \"fileUrl\" = $2,"
     " \"fileSize\" = $3::int, checksum = $4,"
     " \"completedAt\" = LOCALTIMESTAMP(3), error = NULL"
-    " WHERE id = $1 AND status <> 'COMPLETED'";
+    " WHERE id = $1 AND (status <> 'COMPLETED'"
+    " OR \"fileUrl\" IS NOT DISTINCT FROM $5)";
 
 /* a completed export keeps its file: a late failure does not undo it */
 static const char  ahava_pdf_fail_sql[] =
@@ -525,6 +528,12 @@ ahava_pdf_claim(PGconn *pg, ahava_pdf_job_t *j, int *done, char *err,
             j->size = st.st_size;
             memcpy(j->sha256, sum, sizeof(j->sha256));
             *done = 1;
+
+        } else {
+            /* its file is gone (or not as recorded): made again, and the
+             * row moved to the new one */
+            g_free(j->lost_url);
+            j->lost_url = g_strdup(url ? url : "");
         }
 
         g_free(path);
@@ -1467,10 +1476,11 @@ ahava_pdf_time(const char *iso, char *buf, size_t len)
 static ahava_job_rc_e
 ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j, char *err, size_t errlen)
 {
-    int           done;
-    char          size[32];
-    PGresult     *res;
-    const char   *params[4];
+    int             done;
+    char            size[32];
+    PGresult       *res;
+    ahava_job_rc_e  rc;
+    const char     *params[5];
 
     snprintf(size, sizeof(size), "%" JSON_INTEGER_FORMAT, j->size);
 
@@ -1478,8 +1488,9 @@ ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j, char *err, size_t errlen)
     params[1] = j->file_url;
     params[2] = size;
     params[3] = j->sha256;
+    params[4] = j->lost_url;
 
-    res = PQexecParams(pg, ahava_pdf_complete_sql, 4, NULL, params, NULL,
+    res = PQexecParams(pg, ahava_pdf_complete_sql, 5, NULL, params, NULL,
                        NULL, 0);
 
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
@@ -1495,10 +1506,10 @@ ahava_pdf_complete(PGconn *pg, ahava_pdf_job_t *j, char *err, size_t errlen)
         PQclear(res);
         (void) unlink(j->path);
 
-        if (ahava_pdf_claim(pg, j, &done, err, errlen) == AHAVA_JOB_DONE
-            && done)
-        {
-            return AHAVA_JOB_DONE;
+        rc = ahava_pdf_claim(pg, j, &done, err, errlen);
+
+        if (rc == AHAVA_JOB_RETRY || (rc == AHAVA_JOB_DONE && done)) {
+            return rc;
         }
 
         snprintf(err, errlen, "export job not found, or completed by "
@@ -1645,4 +1656,5 @@ ahava_pdf_job_free(ahava_pdf_job_t *j)
     g_free(j->path);
     g_free(j->part);
     g_free(j->file_url);
+    g_free(j->lost_url);
 }
