@@ -126,6 +126,8 @@ static void ngx_ahava_ws_replayed(ngx_ahava_ws_session_t *s,
 static void ngx_ahava_ws_replay_end(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_last(ngx_ahava_ws_session_t *s, u_char *at,
     size_t len, u_char *id);
+static u_char *ngx_ahava_ws_json_value(u_char *p, u_char *end,
+    size_t *len);
 static ngx_int_t ngx_ahava_ws_resume_start(ngx_ahava_ws_session_t *s);
 
 static void ngx_ahava_ws_send_event(ngx_ahava_ws_session_t *s,
@@ -1928,83 +1930,48 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
 
     hlen = ngx_ahava_ws_frame_header(header, opcode, 1, len);
 
-    /* a NEW_MESSAGE remembers its id, for the replay to skip it */
+    /* a NEW_MESSAGE remembers its id, for the replay to skip it, and its
+     * createdAt, where a replay after a lost subscription starts; the data
+     * as nginx writes it, or as PostgreSQL does (the outbox: "id" : "...") */
     id = NULL;
+    at = NULL;
     ilen = 0;
+    alen = 0;
+    end = payload + len;
 
     if (opcode == NGX_AHAVA_WS_OP_TEXT && len > 40
         && ngx_strncmp(payload, "{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"",
                        sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"") - 1)
            == 0)
     {
-        /* the data as nginx writes it, or as PostgreSQL does (the outbox:
-         * "id" : "...") */
-        id = payload + sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"") - 1;
-        end = payload + len;
+        id = ngx_ahava_ws_json_value(payload
+                 + sizeof("{\"type\":\"NEW_MESSAGE\",\"data\":{\"id\"") - 1,
+                 end, &ilen);
 
-        while (id < end && (*id == ' ' || *id == ':')) {
-            id++;
-        }
-
-        if (id < end && *id == '"') {
-            id++;
-        }
-
-        end = ngx_strlchr(id, end, '"');
-        ilen = end ? (size_t) (end - id) : 0;
-
-        if (ilen == 0 || ilen > NGX_AHAVA_ID_MAX_LEN) {
+        if (ilen > NGX_AHAVA_ID_MAX_LEN) {
             id = NULL;
-            ilen = 0;
-        }
-    }
-
-    /* and its createdAt: a replay after a lost subscription starts there */
-    at = NULL;
-    alen = 0;
-
-    for (p = payload, end = payload + len; id && alen == 0; /* void */) {
-
-        /* the key: followed by a colon (a value that reads "createdAt",
-         * an attachmentType say, is followed by a comma or a brace) */
-        at = ngx_strlcasestrn(p, end, (u_char *) "\"createdAt\"",
-                              sizeof("\"createdAt\"") - 1 - 1);
-        if (at == NULL) {
-            break;
         }
 
-        at += sizeof("\"createdAt\"") - 1;
-        p = at;
+        /* the key, not a value that reads "createdAt" (an attachmentType
+         * say): only a key is followed by a colon */
+        for (p = payload; id && at == NULL; /* void */) {
+            p = ngx_strlcasestrn(p, end, (u_char *) "\"createdAt\"",
+                                 sizeof("\"createdAt\"") - 1 - 1);
+            if (p == NULL) {
+                break;
+            }
 
-        while (at < end && *at == ' ') {
-            at++;
+            p += sizeof("\"createdAt\"") - 1;
+            at = ngx_ahava_ws_json_value(p, end, &alen);
         }
 
-        if (at == end || *at != ':') {
+        if (alen > NGX_AHAVA_WS_AT_LEN) {
             at = NULL;
-            continue;
-        }
-
-        do {
-            at++;
-        } while (at < end && *at == ' ');
-
-        if (at < end && *at == '"') {
-            at++;
-            p = ngx_strlchr(at, end, '"');
-            alen = p ? (size_t) (p - at) : 0;
-        }
-
-        if (alen == 0 || alen > NGX_AHAVA_WS_AT_LEN) {
-            break;
         }
     }
 
-    if (alen == 0 || alen > NGX_AHAVA_WS_AT_LEN) {
-        at = NULL;
-        alen = 0;
-    }
-
+    ilen = id ? ilen : 0;
+    alen = at ? alen : 0;
 
     f = ngx_alloc(sizeof(ngx_ahava_ws_frame_t) + hlen + len
                   + (id ? ilen + 1 : 0) + (at ? alen + 1 : 0), log);
@@ -2041,6 +2008,45 @@ ngx_ahava_ws_frame_create(int opcode, u_char *payload, size_t len,
     }
 
     return f;
+}
+
+
+/*
+ * The string value after a JSON key (p just past its closing quote): its
+ * start and length, or NULL when what follows is not : "...", empty or
+ * unterminated
+ */
+
+static u_char *
+ngx_ahava_ws_json_value(u_char *p, u_char *end, size_t *len)
+{
+    u_char  *q;
+
+    while (p < end && *p == ' ') {
+        p++;
+    }
+
+    if (p == end || *p++ != ':') {
+        return NULL;
+    }
+
+    while (p < end && *p == ' ') {
+        p++;
+    }
+
+    if (p == end || *p++ != '"') {
+        return NULL;
+    }
+
+    q = ngx_strlchr(p, end, '"');
+
+    if (q == NULL || q == p) {
+        return NULL;
+    }
+
+    *len = q - p;
+
+    return p;
 }
 
 
