@@ -515,6 +515,19 @@ ngx_ahava_validate(json_t *body, ngx_ahava_field_t *fields, json_t *details)
 
         case NGX_AHAVA_FIELD_INTEGER:
 
+            /* JSON has one number type: 5.0 is the integer 5, as in
+             * JavaScript; the handlers then read it as an integer */
+            if (json_is_real(v)
+                && json_real_value(v) >= f->min
+                && json_real_value(v) <= f->max
+                && json_real_value(v) == floor(json_real_value(v))
+                && json_object_set_new(body, f->name,
+                       json_integer((json_int_t) json_real_value(v)))
+                   == 0)
+            {
+                v = json_object_get(body, f->name);
+            }
+
             if (!json_is_integer(v)
                 || (double) json_integer_value(v) < f->min
                 || (double) json_integer_value(v) > f->max)

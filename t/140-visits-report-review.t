@@ -175,6 +175,17 @@ sub review { mutate('doctor-review', $_[0], as => $_[2] // 'doctor', raw => $_[1
     }
     my $v = new_visit(status => 'COMPLETED', nurseReport => $REPORT);
     api_ok(review($v, '{"doctorReview":"by the admin","doctorRating":2}', 'admin'), 'the admin may review');
+
+    # JSON has one number type: 5.0 and 4e0 are integers, as in JavaScript
+    for my $t (['5.0', 5], ['4e0', 4], ['1.000', 1]) {
+        my ($text, $n) = @$t;
+        my $w = new_visit(status => 'COMPLETED', nurseReport => $REPORT);
+        my $r = review($w, qq({"doctorReview":"r","doctorRating":$text}));
+        api_ok($r, "rating $text: 200") or next;
+        like($r->raw, qr/"doctorRating":$n[,}]/,
+           "rating $text: answered as the integer $n");
+        is(visit_row($w)->{doctorRating}, $n, "rating $text: stored as $n");
+    }
 }
 {
     my $v = new_visit(status => 'COMPLETED', nurseReport => $REPORT);
@@ -183,6 +194,9 @@ sub review { mutate('doctor-review', $_[0], as => $_[2] // 'doctor', raw => $_[1
         ['rating 6',             '{"doctorReview":"x","doctorRating":6}',     'doctorRating'],
         ['rating -1',            '{"doctorReview":"x","doctorRating":-1}',    'doctorRating'],
         ['rating 4.5',           '{"doctorReview":"x","doctorRating":4.5}',   'doctorRating'],
+        ['rating 6.0',           '{"doctorReview":"x","doctorRating":6.0}',   'doctorRating'],
+        ['rating 0.0',           '{"doctorReview":"x","doctorRating":0.0}',   'doctorRating'],
+        ['rating 4.0000001',     '{"doctorReview":"x","doctorRating":4.0000001}', 'doctorRating'],
         ['rating "5"',           '{"doctorReview":"x","doctorRating":"5"}',   'doctorRating'],
         ['rating null',          '{"doctorReview":"x","doctorRating":null}',  'doctorRating'],
         ['rating true',          '{"doctorReview":"x","doctorRating":true}',  'doctorRating'],
