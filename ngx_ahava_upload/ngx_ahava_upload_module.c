@@ -127,6 +127,8 @@ static ngx_ahava_rc_e ngx_ahava_upload_process(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static ngx_ahava_rc_e ngx_ahava_upload_finish(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx, ngx_ahava_upload_t *u);
+static ngx_int_t ngx_ahava_upload_sync_dir(ngx_http_request_t *r,
+    ngx_ahava_upload_t *u);
 static ngx_ahava_rc_e ngx_ahava_upload_recorded(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static ngx_ahava_rc_e ngx_ahava_upload_refuse(ngx_http_request_t *r,
@@ -721,6 +723,12 @@ ngx_ahava_upload_finish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
 
     u->renamed = 1;
 
+    /* the new name itself on disk before a row names it: a crash must not
+     * leave a row pointing to no file (the data went by fdatasync) */
+    if (ngx_ahava_upload_sync_dir(r, u) != NGX_OK) {
+        return ngx_ahava_upload_refuse(r, ctx, u, NGX_AHAVA_UPLOAD_ERROR);
+    }
+
     hex = ngx_pnalloc(r->pool, 2 * dlen + 1);
     id = ngx_pnalloc(r->pool, NGX_AHAVA_NEW_ID_LEN + 1);
     q = ngx_ahava_query_create(r,
@@ -760,6 +768,44 @@ ngx_ahava_upload_finish(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx,
     }
 
     return arc;
+}
+
+
+static ngx_int_t
+ngx_ahava_upload_sync_dir(ngx_http_request_t *r, ngx_ahava_upload_t *u)
+{
+    u_char    *dir;
+    size_t     len;
+    ngx_fd_t   fd;
+
+    len = u->path.len - ngx_strlen(u->name) - 1;
+
+    dir = ngx_pnalloc(r->pool, len + 1);
+    if (dir == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dir, u->path.data, len);
+    dir[len] = '\0';
+
+    fd = ngx_open_file(dir, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, ngx_errno,
+                      ngx_open_file_n " \"%s\" failed", dir);
+        return NGX_ERROR;
+    }
+
+    if (fsync(fd) == -1) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, ngx_errno,
+                      "ahava: fsync \"%s\" failed", dir);
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    ngx_close_file(fd);
+
+    return NGX_OK;
 }
 
 
