@@ -333,6 +333,26 @@ my $outage_lines = () = $w->log_text =~ /"redis unreachable"|"queue step failed"
 cmp_ok($outage_lines, '<=', 12, "the outage took $outage_lines log lines, not one per retry");
 is($w->term, 0, 'SIGTERM: exit 0');
 
+# --- a lock lost while the job runs: its result is refused and not counted; the job runs again -----
+{
+    obliterate('push-notification');
+    psql(qq{UPDATE users SET "pushTokens" = ARRAY['ExponentPushToken[n1-slow-lost]'] WHERE id = '$N1'});
+    my $l = Ahava::Worker->start(name => 'lock-lost', env => { EXPO_PUSH_URL => $EXPO }, opts => \@fastlock);
+    my $lid = add_jobs('push-notification', { name => 'send-push', data => { userId => $N1, title => 'slow', body => 'x' }, opts => \%PUSH_OPTS });
+    ok(poll_until(10, sub { grep { $_->{body}[0]{to} =~ /slow-lost/ } push_requests() }), 'lock lost: the job is being sent');
+    is(redis_cli('DEL', "bull:push-notification:$lid->[0]:lock"), 1, 'lock lost: its lock deleted');
+    my $lm;
+    ok(poll_until(15, sub { $lm = $l->metrics;
+                            ($lm->{'ahava_worker_jobs_lock_lost_total{queue="push-notification"}'} // 0) >= 1 }),
+       'lock lost: the first result is refused (lock_lost_total 1)');
+    ok(poll_until(15, sub { job_of('push-notification', $lid->[0])->{state} eq 'completed' }), 'lock lost: the job is completed by its next run');
+    $lm = $l->metrics;
+    is($lm->{'ahava_worker_jobs_processed_total{queue="push-notification"}'}, 1, 'lock lost: processed_total counts the accepted result alone');
+    is($lm->{'ahava_worker_jobs_lock_lost_total{queue="push-notification"}'}, 1, 'lock lost: lock_lost_total 1');
+    ok($l->log_like(qr/"job result discarded: its lock was lost"/), 'lock lost: logged');
+    is($l->term, 0, 'lock lost: SIGTERM, exit 0');
+}
+
 # --- email: SMTP with STARTTLS and AUTH, multipart/alternative; smtps://; a 550 ---------------------
 my $SV = "$TOP/t/servroot-700-worker";
 run_capture(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$SV/smtp.key",

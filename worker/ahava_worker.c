@@ -917,6 +917,8 @@ ahava_runner(void *arg)
 
         backoff = 100;
 
+        /* counted once Redis took them: a result refused for a lost lock
+         * is another worker's attempt to count */
         for (i = 0; i < r->nfin; i++) {
             if (r->fin[i].code != 0) {
                 __atomic_fetch_add(&q->m.lock_lost, 1, __ATOMIC_RELAXED);
@@ -924,6 +926,18 @@ ahava_runner(void *arg)
                           "{s:s,s:s,s:I}", "queue", q->name,
                           "jobId", r->fin[i].id,
                           "code", (json_int_t) r->fin[i].code);
+                continue;
+            }
+
+            switch (r->fin[i].kind[0]) {
+            case 'c':
+                __atomic_fetch_add(&q->m.completed, 1, __ATOMIC_RELAXED);
+                break;
+            case 'f':
+                __atomic_fetch_add(&q->m.failed, 1, __ATOMIC_RELAXED);
+                break;
+            default: /* "d", "r": attempted again */
+                __atomic_fetch_add(&q->m.retried, 1, __ATOMIC_RELAXED);
             }
         }
 
@@ -1191,7 +1205,6 @@ ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job, ahava_bq_job_t *bj,
         f->value = result ? result : strdup("null");
         ahava_bq_keep(opts, "removeOnComplete", &q->keep_completed, &f->keep);
 
-        __atomic_fetch_add(&q->m.completed, 1, __ATOMIC_RELAXED);
         ahava_log_completed(q->name, bj->id, bj->name, bj->atm + 1, ms);
         return;
     }
@@ -1226,7 +1239,6 @@ ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job, ahava_bq_job_t *bj,
             f->kind = "r";
         }
 
-        __atomic_fetch_add(&q->m.retried, 1, __ATOMIC_RELAXED);
         ahava_log("warn", "job failed, will retry", "{s:s,s:s,s:s,s:I,s:I,"
                   "s:s,s:f}", "queue", q->name, "jobId", bj->id,
                   "name", bj->name, "attempt", (json_int_t) (bj->atm + 1),
@@ -1238,7 +1250,6 @@ ahava_runner_finish(ahava_runner_t *r, ahava_job_t *job, ahava_bq_job_t *bj,
     f->kind = "f";
     ahava_bq_keep(opts, "removeOnFail", &q->keep_failed, &f->keep);
 
-    __atomic_fetch_add(&q->m.failed, 1, __ATOMIC_RELAXED);
     ahava_log("error", "job failed", "{s:s,s:s,s:s,s:I,s:s,s:b,s:f}",
               "queue", q->name, "jobId", bj->id, "name", bj->name,
               "attempt", (json_int_t) (bj->atm + 1), "error", f->value,
