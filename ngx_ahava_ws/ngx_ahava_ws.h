@@ -125,9 +125,11 @@ struct ngx_ahava_ws_session_s {
     u_char                     last_id[NGX_AHAVA_ID_MAX_LEN + 1];
 
     ngx_uint_t                 close_code;      /* to close with */
+    ngx_msec_t                 linger;          /* lingering_timeout */
 
     unsigned                   closing:1;       /* close once flushed */
     unsigned                   close_sent:1;
+    unsigned                   close_received:1;
     unsigned                   replay_started:1; /* once subscribed */
     unsigned                   replay_due:1;    /* after the current op */
     unsigned                   replay_wait:1;   /* for the queue to drain */

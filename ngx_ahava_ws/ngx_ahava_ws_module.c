@@ -143,6 +143,9 @@ static ngx_int_t ngx_ahava_ws_flush(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_ping_handler(ngx_event_t *ev);
 static void ngx_ahava_ws_fail(ngx_ahava_ws_session_t *s, ngx_uint_t code);
 static void ngx_ahava_ws_close(ngx_ahava_ws_session_t *s, ngx_uint_t code);
+static void ngx_ahava_ws_closed(ngx_ahava_ws_session_t *s);
+static void ngx_ahava_ws_linger_handler(ngx_event_t *rev);
+static void ngx_ahava_ws_linger_write_handler(ngx_event_t *wev);
 static void ngx_ahava_ws_finalize(ngx_ahava_ws_session_t *s);
 static void ngx_ahava_ws_free_queue(ngx_ahava_ws_out_t *out);
 static char *ngx_ahava_ws_strdup(ngx_pool_t *pool, json_t *v);
@@ -662,6 +665,7 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     ngx_http_log_ctx_t        *lctx;
     ngx_http_connection_t     *hc;
     ngx_ahava_ws_session_t    *s;
+    ngx_http_core_loc_conf_t  *clcf;
     ngx_ahava_ws_main_conf_t  *wmcf;
 
     s = ev->data;
@@ -702,6 +706,9 @@ ngx_ahava_ws_takeover(ngx_event_t *ev)
     }
 
     hc = r->http_connection;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    s->linger = clcf->lingering_timeout;
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -1147,6 +1154,7 @@ ngx_ahava_ws_consume(ngx_ahava_ws_session_t *s, u_char *p, u_char *last)
 
         case NGX_AHAVA_WS_OP_CLOSE:
             /* the closing handshake: its code back, then the end */
+            s->close_received = 1;
             ngx_ahava_ws_close(s, ev.close_code);
             return NGX_ERROR;
         }
@@ -2285,7 +2293,7 @@ ngx_ahava_ws_write_handler(ngx_event_t *wev)
     }
 
     if (s->out == NULL && s->closing) {
-        ngx_ahava_ws_finalize(s);
+        ngx_ahava_ws_closed(s);
         return;
     }
 
@@ -2475,12 +2483,125 @@ ngx_ahava_ws_close(ngx_ahava_ws_session_t *s, ngx_uint_t code)
         }
     }
 
-    if (ngx_ahava_ws_flush(s) != NGX_OK || s->out == NULL) {
+    if (ngx_ahava_ws_flush(s) != NGX_OK) {
         ngx_ahava_ws_finalize(s);
         return;
     }
 
+    if (s->out == NULL) {
+        ngx_ahava_ws_closed(s);
+        return;
+    }
+
     /* the rest when the socket is writable, at most pong_timeout */
+}
+
+
+/*
+ * Our Close frame is written.  An answer to the client's Close ends the
+ * connection now.  A Close of ours waits for the client's end, reading
+ * and dropping what it still sends, as nginx's lingering close does: a
+ * socket closed with unread bytes sends a TCP reset, and a client's stack
+ * may drop our Close frame unread on a reset (the client sees 1006).  Our
+ * FIN goes at once, so a client waiting for the server's end gets it.
+ */
+
+static void
+ngx_ahava_ws_closed(ngx_ahava_ws_session_t *s)
+{
+    ngx_connection_t          *c;
+    ngx_ahava_ws_main_conf_t  *wmcf;
+
+    c = s->connection;
+
+    if (s->close_received || s->linger == 0 || c->error) {
+        ngx_ahava_ws_finalize(s);
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "ahava: websocket lingering close");
+
+    if (ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1) {
+        ngx_connection_error(c, ngx_socket_errno,
+                             ngx_shutdown_socket_n " failed");
+        ngx_ahava_ws_finalize(s);
+        return;
+    }
+
+    /* no event, statement or ping is for it any more */
+    wmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_ahava_ws_module);
+    if (wmcf->hub) {
+        ngx_ahava_ws_hub_leave(wmcf->hub, s);
+    }
+
+    ngx_ahava_ws_op_end(s);
+
+    if (s->timer.timer_set) {
+        ngx_del_timer(&s->timer);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    c->read->handler = ngx_ahava_ws_linger_handler;
+    c->write->handler = ngx_ahava_ws_linger_write_handler;
+
+    /* the whole wait, not renewed by what comes: a client that keeps
+     * sending is not kept */
+    ngx_add_timer(c->read, s->linger);
+
+    ngx_ahava_ws_linger_handler(c->read);
+}
+
+
+static void
+ngx_ahava_ws_linger_handler(ngx_event_t *rev)
+{
+    size_t                   total;
+    ssize_t                  n;
+    ngx_connection_t        *c;
+    ngx_ahava_ws_session_t  *s;
+
+    c = rev->data;
+    s = c->data;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "ahava: websocket lingering read");
+
+    if (rev->timedout || c->close) {
+        ngx_ahava_ws_finalize(s);
+        return;
+    }
+
+    for (total = 0; total < NGX_AHAVA_WS_READ_MAX; total += n) {
+
+        n = c->recv(c, ngx_ahava_ws_read_buf, NGX_AHAVA_WS_READ_BUF);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+                ngx_ahava_ws_finalize(s);
+            }
+
+            return;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            ngx_ahava_ws_finalize(s);
+            return;
+        }
+    }
+
+    ngx_post_event(rev, &ngx_posted_next_events);
+}
+
+
+static void
+ngx_ahava_ws_linger_write_handler(ngx_event_t *wev)
+{
+    /* nothing more is written */
 }
 
 

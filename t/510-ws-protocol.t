@@ -58,10 +58,10 @@ setup();
 
 my %PORT = map { $_ => free_port() } qw(SMALL LIVE SLOW);
 my $CONF = ws_config(after => <<'_EOC_');
-# a smaller message limit
+# a smaller message limit; a short wait for the client's end after a close
 server {
     listen       127.0.0.1:$TEST_NGINX_SMALL;
-    location = /ws { ahava_ws; ahava_ws_max_message 4k; }
+    location = /ws { ahava_ws; ahava_ws_max_message 4k; lingering_timeout 1s; }
 }
 
 # fast liveness checks
@@ -385,6 +385,20 @@ closes_with(1009, 'one frame claiming 65537 bytes (header only: refused from its
             ws_frame(opcode => 1, len => 65537));
 closes_with(1009, 'one frame claiming 2^40 bytes', ws_frame(opcode => 1, len => 2**40));
 closes_with(1009, 'one binary frame of 65537 bytes', ws_frame(opcode => 2, payload => 'x' x 65537));
+# A client still sending when the server closes: the server stops writing (FIN after its Close frame)
+# and reads on, dropping what comes, until the client's end; its unread bytes must not make the
+# close a TCP reset, which some clients' stacks answer by dropping the Close frame unread (1006;
+# Linux keeps it, so the test looks at the reset itself).  256 KiB: all of it is sent before the
+# server closes, so no write of this client meets the reset first.
+for my $i (1 .. 3) {
+    my $r = ws_raw(as => 'patient1');
+    $r->send_bytes(ws_frame(opcode => 1, len => 2**40) . (q(x) x (256 << 10)));
+    my ($close) = $r->expect_close(5, no_reply => 1);
+    ok($close && !$close->{eof} && ($close->{code} // 0) == 1009, "a client sending 256 KiB after a header claiming 2^40 bytes ($i): close 1009")
+        or diag('got: ' . describe($close));
+    ok($r->wait_eof(5), "... ($i): then the server's end of the stream");
+    is($r->{read_error}, undef, "... ($i): a clean end, not a reset") or diag("write error: " . ($r->{write_error} // 'none'));
+}
 closes_with(1009, 'fragments of 32768 + 32768 + 1 bytes',
             [fragments(1, unpack('(a32768)*', ping_of_len(65537)))]);
 closes_with(1009, 'a 65536-byte first fragment, then a 1-byte continuation',
@@ -413,6 +427,22 @@ closes_with(1009, 'max_message 4k: a control PING between fragments does not res
             [ws_frame(opcode => 1, fin => 0, payload => 'x' x 4000), ws_frame(opcode => 9, payload => 'p'),
              ws_frame(opcode => 0, payload => 'x' x 97)], port => $PORT{SMALL},
             before => ['opcode 10: p']);
+
+# the wait after a close is bounded: a client that keeps sending and never ends is cut at
+# lingering_timeout (1s here), the worker's memory back
+{
+    my $r = ws_raw(as => 'patient1', port => $PORT{SMALL});
+    $r->send_frame(opcode => 1, payload => ping_of_len(4097));
+    my ($close) = $r->expect_close(5, no_reply => 1);
+    ok($close && !$close->{eof} && ($close->{code} // 0) == 1009, 'lingering: close 1009');
+    ok($r->wait_eof(5), 'lingering: the server stops writing at once (FIN)');
+    my $t0 = time;
+    my $cut = poll_until(6, sub { !$r->send_bytes('x' x 512) });
+    my $took = time - $t0;
+    ok($cut, 'lingering: a client that keeps sending is cut off') or diag("still open after ${took}s");
+    cmp_ok($took, '>=', 0.5, "lingering: ... not before lingering_timeout (${took}s: the server read on meanwhile)");
+    worker_fine('lingering', port => $PORT{SMALL});
+}
 
 # --- the closing handshake ------------------------------------------------------------------------------
 for my $code (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535) {
