@@ -132,12 +132,19 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  * what goes with it (the nurse's position, the audit row).  The row says
  * which of 404 / 403 / 400 / 409 / 200 it is, in the columns of
  * ngx_ahava_visits_col_e.  $1 visit, $2 caller, $3 role.
+ *
+ * ok locks the row (lock: FOR UPDATE OF v): it then holds the latest
+ * committed version, so the values "before the change" (previousStatus,
+ * previousNurseId, the assignee replaced, who is told, the 409's status)
+ * are those of the writer this one waited for, not of the statement's
+ * snapshot.  The location does not: its only use of them is to tell a
+ * doctor replaced meanwhile too, and the lock is a WAL record a point.
  */
 
 #define NGX_AHAVA_VISIT_MUTATION(name, set, who, when, target, extra,      \
     event)                                                                   \
-    NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra,                    \
-                           NGX_AHAVA_VISIT_OUTBOX(name, event),              \
+    NGX_AHAVA_VISIT_CHANGE(" FOR UPDATE OF v", set, who, when, target,      \
+                           extra, NGX_AHAVA_VISIT_OUTBOX(name, event),       \
                            "v.*", NGX_AHAVA_VISIT_AFTER)
 
 /* the visit after the change, as the detail shows it */
@@ -158,12 +165,12 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
     "SELECT upd.id, upd.\"bookingId\", upd.status, ok.\"patientId\","        \
     " upd.\"nurseId\", upd.\"doctorId\" FROM upd, ok"
 
-#define NGX_AHAVA_VISIT_CHANGE(set, who, when, target, extra, outbox,       \
+#define NGX_AHAVA_VISIT_CHANGE(lock, set, who, when, target, extra, outbox, \
     returning, after)                                                        \
     "WITH ok AS (SELECT v.id, v.status, v.\"nurseId\", v.\"doctorId\","      \
     " b.\"patientId\" FROM visits v JOIN bookings b"                         \
     " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"     \
-    " OR $2 IN (b.\"patientId\", v.\"nurseId\", v.\"doctorId\"))),"          \
+    " OR $2 IN (b.\"patientId\", v.\"nurseId\", v.\"doctorId\"))" lock "),"   \
     " upd AS (UPDATE visits v SET " set ","                                  \
     " \"updatedAt\" = LOCALTIMESTAMP(3) FROM ok WHERE v.id = ok.id"          \
     " AND " who("v") " AND " when " AND " target                             \
@@ -293,7 +300,7 @@ ngx_ahava_stmt_t  ngx_ahava_visits_stmts[] = {
      * point (the event's data), not the visit and its history: a nurse's
      * app sends one every few seconds */
     { ngx_string("visit location"),
-      NGX_AHAVA_VISIT_CHANGE(
+      NGX_AHAVA_VISIT_CHANGE("",
           "\"gpsCoordinates\" = CASE"
           " WHEN jsonb_array_length(" NGX_AHAVA_GPS_HISTORY ") < 1000"
           " THEN " NGX_AHAVA_GPS_HISTORY " || " NGX_AHAVA_GPS_POINT

@@ -2,9 +2,9 @@
 # changes cannot both win"), on two nginx workers.  Each race runs on fresh
 # visits, three ways in turn:
 #   table - LOCK TABLE visits is held while both requests queue behind it;
-#   row   - the visit's row is held FOR UPDATE: both statements have read the
-#           old state and wait, so the loser re-checks its condition on the
-#           winner's row version (READ COMMITTED);
+#   row   - the visit's row is held FOR UPDATE: both statements wait to lock
+#           it, and each then reads the version the one before it committed
+#           (READ COMMITTED), so the loser's condition fails on the winner's;
 #   wire  - both requests are written before either answer is read.
 # The locks are released only once PostgreSQL shows both requests waiting.
 use strict;
@@ -214,5 +214,45 @@ for my $i (1 .. 3) {
     is_deeply([sort { $a <=> $b } map { $_->[0] } @$pts], [1 .. 8], 'locations: all 8 points stored');
 }
 
+
+# --- 5. what "before the change" means: the row a concurrent writer left, not the statement's snapshot
+# An assignment waits on the visit while another one commits.  Its previousNurseId (event and audit
+# row) is the nurse that other assignment set, and that nurse, replaced, is told; a cancellation that
+# loses to a status change names the status it lost to.
+{
+    my ($B, $C) = map { new_user(role => 'NURSE') } 1 .. 2;
+    my $SUB = Ahava::Visits::Sub->new(Ahava::Test::redis()->port, 'ahava:user:*');
+    my $v = new_visit(status => 'SCHEDULED');
+    my $lock = Ahava::Visits::RowLock->new($v);
+    my $conn = Ahava::Test::HTTP::Conn->open_raw($NGINX->port,
+        mutation_request('assign-nurse', $v, as => 'admin', body => { nurseId => $C }));
+    ok(poll_until(10, sub { pg_lock_waiters() >= 1 }), 'previous: the assignment waits on the visit');
+    $SUB->sync; $SUB->take;
+    $lock->release(sql => qq{UPDATE visits SET "nurseId" = '$B' WHERE id = '$v';});
+    Ahava::Test::HTTP::wait_all([$conn], 15);
+    my $r = $conn->response;
+    api_ok($r, 'previous: the assignment, after another committed: 200') or diag($r->dump);
+    is($r->json->{data}{nurse}{id} // $r->json->{data}{nurseId}, $C, 'previous: ... the visit is the new nurse\'s');
+    my $meta = psql_value(qq{SELECT metadata->>'previousNurseId' FROM audit_logs
+                            WHERE action = 'NURSE_ASSIGNED' AND "resourceId" = '$v'});
+    is($meta, $B, 'previous: the audit row names the nurse replaced (the committed one)');
+    $SUB->wait_for(4, 5);
+    $SUB->sync;
+    my @ev = grep { ($_->{json}{type} // '') eq 'NURSE_ASSIGNED' && ($_->{json}{data}{visitId} // '') eq $v } $SUB->take;
+    my %to = map { $_->{channel} => $_->{json}{data} } @ev;
+    ok($to{"ahava:user:$B"}, 'previous: the nurse replaced is told') or diag(join ' ', sort keys %to);
+    is(($to{"ahava:user:$C"} || {})->{previousNurseId}, $B, 'previous: the event names her as the previous nurse');
+
+    my $w = new_visit(status => 'SCHEDULED');
+    $lock = Ahava::Visits::RowLock->new($w);
+    $conn = Ahava::Test::HTTP::Conn->open_raw($NGINX->port,
+        mutation_request('cancel', $w, as => 'patient1', body => { reason => 'late' }));
+    ok(poll_until(10, sub { pg_lock_waiters() >= 1 }), 'previous: a cancellation waits on the visit');
+    $lock->release(sql => qq{UPDATE visits SET status = 'IN_PROGRESS' WHERE id = '$w';});
+    Ahava::Test::HTTP::wait_all([$conn], 15);
+    api_error_is($conn->response, 409, 'CONFLICT', 'previous: the cancellation after IN_PROGRESS committed: 409');
+    like($conn->response->json->{error} // '', qr/IN_PROGRESS/, '... naming IN_PROGRESS, the status it lost to')
+        or diag($conn->response->dump);
+}
 
 done_ahava();
