@@ -10,6 +10,11 @@
 #include "ngx_ahava_visits.h"
 
 
+/* a caller's exports waiting or rendering at once (SPEC is silent; the
+ * pdf-export queue renders 10 a minute): more answer 429 */
+#define NGX_AHAVA_EXPORTS_IN_PROGRESS  "5"
+
+
 static ngx_ahava_rc_e ngx_ahava_visit_export_queued(ngx_http_request_t *r,
     ngx_ahava_ctx_t *ctx);
 static ngx_ahava_rc_e ngx_ahava_export_read(ngx_http_request_t *r,
@@ -42,22 +47,34 @@ enum {
 static ngx_ahava_stmt_t  ngx_ahava_export_stmts[] = {
 
     /* POST /api/visits/:id/export — participants, admin; $4 the new id.
-     * One row: created (0: not a visit the caller may see), the outbox */
+     * The caller's export of this visit still in progress is answered
+     * again rather than queued twice (a double tap, a retry), and no more
+     * than NGX_AHAVA_EXPORTS_IN_PROGRESS of the caller's wait at once: the
+     * queue renders 10 a minute.  One row: the visit seen (0: not one the
+     * caller may see), the export in progress, the new one's outbox */
     { ngx_string("visit export"),
       "WITH vis AS (SELECT v.id FROM visits v JOIN bookings b"
       " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"
       " OR $2 IN (b.\"patientId\", v.\"nurseId\", v.\"doctorId\"))),"
+      " cur AS (SELECT e.id, e.filters->>'visitId' AS visit,"
+      " e.\"createdAt\" FROM export_jobs e WHERE e.\"userId\" = $2"
+      " AND e.status IN ('PENDING', 'PROCESSING')),"
+      " same AS (SELECT cur.id FROM cur, vis WHERE cur.visit = vis.id"
+      " ORDER BY cur.\"createdAt\" DESC LIMIT 1),"
       " ins AS (INSERT INTO export_jobs (id, \"userId\", \"userRole\", type,"
       " filters, status, \"createdAt\")"
       " SELECT $4, $2, $3::text::\"UserRole\", 'visit_report',"
       " jsonb_build_object('visitId', vis.id), 'PENDING', LOCALTIMESTAMP(3)"
-      " FROM vis RETURNING *),"
+      " FROM vis WHERE NOT EXISTS (SELECT 1 FROM same)"
+      " AND (SELECT count(*) FROM cur) < "
+      NGX_AHAVA_EXPORTS_IN_PROGRESS " RETURNING *),"
       " ob AS (INSERT INTO ahava_outbox (jobs)"
       " SELECT json_build_array(json_build_array('pdf-export',"
       " json_build_object('exportJobId', id, 'userId', \"userId\","
       " 'type', type, 'filters', filters)))::text"
       " FROM ins RETURNING id)"
-      " SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id) FROM ob)::text",
+      " SELECT (SELECT count(*) FROM vis), (SELECT array_agg(id) FROM ob)::text,"
+      " (SELECT count(*) FROM ins), (SELECT id FROM same)",
       4, 0, "" },
 
     /* GET /api/exports/:id — its owner, admin */
@@ -114,6 +131,7 @@ ngx_ahava_visit_export(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 static ngx_ahava_rc_e
 ngx_ahava_visit_export_queued(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
 {
+    char      *id;
     u_char    *body, *p;
     PGresult  *res;
 
@@ -135,17 +153,29 @@ ngx_ahava_visit_export_queued(ngx_http_request_t *r, ngx_ahava_ctx_t *ctx)
                                       "Visit not found", NULL);
     }
 
-    /* committed: the pdf-export job goes to Redis */
-    ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, 1),
-                           PQgetlength(res, 0, 1));
+    if (!PQgetisnull(res, 0, 3)) {
+        /* this visit's export of the caller's is still in progress */
+        id = PQgetvalue(res, 0, 3);
 
-    body = ngx_pnalloc(r->pool, 64 + NGX_AHAVA_NEW_ID_LEN);
+    } else if (PQgetvalue(res, 0, 2)[0] == '0') {
+        return ngx_ahava_answer_error(r, ctx, NGX_HTTP_TOO_MANY_REQUESTS,
+                                      "RATE_LIMITED",
+                                      "Too many exports in progress", NULL);
+
+    } else {
+        /* committed: the pdf-export job goes to Redis */
+        ngx_ahava_outbox_relay((u_char *) PQgetvalue(res, 0, 1),
+                               PQgetlength(res, 0, 1));
+        id = ctx->query->values[3];
+    }
+
+    body = ngx_pnalloc(r->pool, 64 + ngx_strlen(id));
     if (body == NULL) {
         return ngx_ahava_fail(r, ctx);
     }
 
     p = ngx_sprintf(body, "{\"success\":true,\"data\":{\"exportJobId\":\"%s\""
-                    "}}", ctx->query->values[3]);
+                    "}}", id);
 
     return ngx_ahava_answer_text(r, ctx, NGX_HTTP_ACCEPTED, body, p - body);
 }

@@ -248,6 +248,47 @@ for my $c (@cases) {
     }
 }
 
+# --- exports: asked again while in progress, the same one; at most 5 in progress a caller ---------------
+{
+    my $rows = sub { psql_value(q{SELECT count(*) FROM export_jobs}) };
+    psql(q{UPDATE export_jobs SET status = 'COMPLETED'});
+    my ($first, $jobs1) = jobs_of(sub { json_request(POST => "/api/visits/$ID{visit1}/export", 'nurse1') });
+    is($first->status, 202, 'a first export of visit 1 by nurse1 (the earlier one completed): 202')
+        or diag($first->dump);
+    my $id = (data_of($first) || {})->{exportJobId} // '';
+    is(scalar @{ $jobs1->{'pdf-export'} }, 1, '... one pdf-export job');
+    my $n = $rows->();
+    for my $status (qw(PENDING PROCESSING)) {
+        psql(qq{UPDATE export_jobs SET status = '$status' WHERE id = '$id'});
+        my ($again, $jobs2) = jobs_of(sub { json_request(POST => "/api/visits/$ID{visit1}/export", 'nurse1') });
+        is($again->status, 202, "asked again while $status: 202");
+        is((data_of($again) || {})->{exportJobId}, $id, '... the same exportJobId');
+        is($rows->(), $n, '... no new export_jobs row');
+        is_deeply([map { scalar @{ $jobs2->{$_} } } @QUEUES], [0, 0, 0], '... and no job');
+    }
+    my ($other) = jobs_of(sub { json_request(POST => "/api/visits/$ID{visit1}/export", 'doctor') });
+    isnt((data_of($other) || {})->{exportJobId} // $id, $id, "another participant's export is theirs");
+    psql(qq{UPDATE export_jobs SET status = 'FAILED' WHERE id = '$id'});
+    my ($after) = jobs_of(sub { json_request(POST => "/api/visits/$ID{visit1}/export", 'nurse1') });
+    is($after->status, 202, 'asked again once it failed: 202');
+    isnt((data_of($after) || {})->{exportJobId}, $id, '... a new export');
+
+    # five in progress (the one above and four more visits), then a sixth is refused
+    my @v = Ahava::Visits::new_visits([ map { { nurse => uid('nurse1'), patient => uid('patient1'), status => 'COMPLETED' } } 1 .. 5 ]);
+    for my $i (0 .. 3) {
+        is(json_request(POST => "/api/visits/$v[$i]/export", 'nurse1')->status, 202, "export in progress " . ($i + 2) . ": 202");
+    }
+    $n = $rows->();
+    my ($sixth, $jobs6) = jobs_of(sub { json_request(POST => "/api/visits/$v[4]/export", 'nurse1') });
+    api_error_is($sixth, 429, 'RATE_LIMITED', 'a sixth export while five are in progress: 429');
+    is($rows->(), $n, '... no export_jobs row');
+    is_deeply([map { scalar @{ $jobs6->{$_} } } @QUEUES], [0, 0, 0], '... and no job');
+    is(json_request(POST => "/api/visits/$v[0]/export", 'nurse1')->status, 202, '... one of the five asked again is still answered');
+    psql(qq{UPDATE export_jobs SET status = 'COMPLETED' WHERE "userId" = '${\ uid('nurse1')}' AND filters->>'visitId' = '$v[1]'});
+    is(json_request(POST => "/api/visits/$v[4]/export", 'nurse1')->status, 202, 'once one is completed, the sixth: 202');
+    psql(q{UPDATE export_jobs SET status = 'COMPLETED'});
+}
+
 # --- an outbox row seen again after it was sent is not sent twice -------------------------------------
 {
     my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
