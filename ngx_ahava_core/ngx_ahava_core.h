@@ -579,6 +579,7 @@ typedef enum {                                  /* counters of the zone */
     NGX_AHAVA_M_EVENTS_PUBLISHED,
     NGX_AHAVA_M_EVENTS_LATE,
     NGX_AHAVA_M_OUTBOX_RELAYED,
+    NGX_AHAVA_M_OUTBOX_REFUSED,
     NGX_AHAVA_M_OUTBOX_DEPTH,                   /* a gauge, set by worker 0 */
     NGX_AHAVA_M_UPLOADS_ACCEPTED,
     NGX_AHAVA_M_UPLOADS_TOO_LARGE,

@@ -168,6 +168,12 @@ static ngx_ahava_metrics_line_t  ngx_ahava_metrics_lines[] = {
       "Outbox rows (a change's events and jobs) sent to Redis",
       NULL, NGX_AHAVA_M_OUTBOX_RELAYED, -1 },
 
+    { "ahava_outbox_refused_total", "counter",
+      "Outbox rows Redis refused (a command of theirs failed: a queue's "
+      "key of another type...); they stay in ahava_outbox and are tried "
+      "again",
+      NULL, NGX_AHAVA_M_OUTBOX_REFUSED, -1 },
+
     { "ahava_outbox_depth", "gauge",
       "Rows waiting in the table ahava_outbox, counted every 5 s up to "
       "100000",

@@ -41,6 +41,7 @@
 #define NGX_AHAVA_OUTBOX_SWEEP    1000          /* ms between sweeps */
 #define NGX_AHAVA_OUTBOX_AGE      "2000"        /* ms: then anyone's to send */
 #define NGX_AHAVA_OUTBOX_KEEP     "30000"       /* ms an id is remembered */
+#define NGX_AHAVA_OUTBOX_SEEN_MAX "100000"      /* ids remembered, at most */
 #define NGX_AHAVA_OUTBOX_STALE    10000         /* ms: a slower read is not
                                                    sent */
 #define NGX_AHAVA_OUTBOX_LINGER   20            /* ms a delete waits for a
@@ -98,8 +99,11 @@ static ngx_ahava_outbox_queue_t  ngx_ahava_outbox_queues[] = {
  * else the hash, "added", a score from pc, "waiting"; once per queue and
  * batch, the queue's meta is read and its marker set unless paused or
  * maxed (workers wake after the script anyway).  A row is recorded once all
- * its items ran: a script that fails midway leaves the rest to be sent
- * again.  Returns how many rows were new.
+ * its items ran, its jobs before its event.  A row Redis refuses (a command
+ * of it fails: a queue's key of another type, a bad events limit) is not
+ * recorded, and the rows after it go on; what of it ran stays (Redis does
+ * not undo) — jobs, which are not added twice.  Returns { how many rows
+ * were new, then per refused row its id and the error }.
  */
 static const char  ngx_ahava_outbox_script[] =
     "local now, floor = ARGV[1], tonumber(ARGV[2])\n"
@@ -108,8 +112,11 @@ static const char  ngx_ahava_outbox_script[] =
     "local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local old = redis.call('ZRANGEBYSCORE', seen, '-inf', clock - "
     NGX_AHAVA_OUTBOX_KEEP ", 'LIMIT', 0, 1000)\n"
+    /* bounded: past NGX_AHAVA_OUTBOX_SEEN_MAX ids (a row Redis refuses
+     * for long holds the floor down), old ones go whatever the floor */
+    "local over = redis.call('ZCARD', seen) > " NGX_AHAVA_OUTBOX_SEEN_MAX "\n"
     "for _, id in ipairs(old) do\n"
-    "  if tonumber(id) < floor then redis.call('ZREM', seen, id) end\n"
+    "  if over or tonumber(id) < floor then redis.call('ZREM', seen, id) end\n"
     "end\n"
     /* a queue's keys and events limit, looked up once a batch */
     "local queues = {}\n"
@@ -127,22 +134,13 @@ static const char  ngx_ahava_outbox_script[] =
     "  end\n"
     "  return q\n"
     "end\n"
-    "local new, i = 0, 3\n"
-    "while i <= #ARGV do\n"
-    "  local id, n = ARGV[i], tonumber(ARGV[i+1])\n"
-    "  local fresh = not redis.call('ZSCORE', seen, id)\n"
+    /* a row's jobs before its event: a row that fails midway has then
+     * published nothing, and its jobs that went are not added again */
+    "local function row(id, first, last)\n"
     "  local j = 0\n"
-    "  i = i + 2\n"
-    "  for k = 0, n - 1 do\n"
-    "    local kind, target, name, payload, opts, prio ="
-    " ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]\n"
-    "    i = i + 6\n"
-    "    if fresh and kind == 'e' then\n"
-    "      for user in string.gmatch(target, '[^,]+') do\n"
-    "        redis.call('PUBLISH', 'ahava:user:' .. user, payload)\n"
-    "      end\n"
-    "    elseif fresh then\n"
-    "      local q = queue(target)\n"
+    "  for k = first, last, 6 do\n"
+    "    if ARGV[k] == 'j' then\n"
+    "      local q = queue(ARGV[k+1])\n"
     "      local P = q.P\n"
     "      local job = 'ahava-' .. id .. '-' .. j\n"
     "      j = j + 1\n"
@@ -151,38 +149,64 @@ static const char  ngx_ahava_outbox_script[] =
     "        redis.call('XADD', P .. 'events', '*', 'event', 'duplicated',"
     " 'jobId', job)\n"
     "      else\n"
-    "        redis.call('HMSET', P .. job, 'name', name, 'data', payload,"
-    " 'opts', opts, 'timestamp', now, 'delay', '0', 'priority', prio)\n"
+    "        redis.call('HMSET', P .. job, 'name', ARGV[k+2], 'data',"
+    " ARGV[k+3], 'opts', ARGV[k+4], 'timestamp', now, 'delay', '0',"
+    " 'priority', ARGV[k+5])\n"
     "        redis.call('XADD', P .. 'events', '*', 'event', 'added',"
-    " 'jobId', job, 'name', name)\n"
+    " 'jobId', job, 'name', ARGV[k+2])\n"
     "        local pc = redis.call('INCR', P .. 'pc')\n"
     "        redis.call('ZADD', P .. 'prioritized',"
-    " tonumber(prio) * 0x100000000 + pc % 0x100000000, job)\n"
+    " tonumber(ARGV[k+5]) * 0x100000000 + pc % 0x100000000, job)\n"
     "        redis.call('XADD', P .. 'events', 'MAXLEN', '~', q.max, '*',"
     " 'event', 'waiting', 'jobId', job)\n"
     "        q.added = true\n"
     "      end\n"
     "    end\n"
     "  end\n"
-    "  if fresh then\n"
-    "    redis.call('ZADD', seen, clock, id)\n"
-    "    new = new + 1\n"
+    "  for k = first, last, 6 do\n"
+    "    if ARGV[k] == 'e' then\n"
+    "      for user in string.gmatch(ARGV[k+1], '[^,]+') do\n"
+    "        redis.call('PUBLISH', 'ahava:user:' .. user, ARGV[k+3])\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    /* a row Redis refuses (a queue's key of the wrong type...) is not
+     * recorded and is said: it stays in the outbox, the others go on */
+    "local new, i, out = 0, 3, {0}\n"
+    "while i <= #ARGV do\n"
+    "  local id, n = ARGV[i], tonumber(ARGV[i+1])\n"
+    "  local first = i + 2\n"
+    "  i = first + n * 6\n"
+    "  if not redis.call('ZSCORE', seen, id) then\n"
+    "    local ok, err = pcall(row, id, first, i - 1)\n"
+    "    if ok then\n"
+    "      redis.call('ZADD', seen, clock, id)\n"
+    "      new = new + 1\n"
+    "    else\n"
+    "      if type(err) == 'table' then err = err.err or 'error' end\n"
+    "      out[#out + 1] = id\n"
+    "      out[#out + 1] = tostring(err)\n"
+    "    end\n"
     "  end\n"
     "end\n"
     /* workers wake once the script is done: one marker per queue is
      * enough, unless the queue is paused or at its global concurrency */
     "for _, q in pairs(queues) do\n"
     "  if q.added then\n"
-    "    local meta = redis.call('HMGET', q.P .. 'meta', 'paused',"
+    "    pcall(function()\n"
+    "      local meta = redis.call('HMGET', q.P .. 'meta', 'paused',"
     " 'concurrency')\n"
-    "    local limit = tonumber(meta[2])\n"
-    "    if not meta[1] and (not limit or"
+    "      local limit = tonumber(meta[2])\n"
+    "      if not meta[1] and (not limit or"
     " redis.call('LLEN', q.P .. 'active') < limit) then\n"
-    "      redis.call('ZADD', q.P .. 'marker', 0, '0')\n"
-    "    end\n"
+    "        redis.call('ZADD', q.P .. 'marker', 0, '0')\n"
+    "      end\n"
+    "    end)\n"
     "  end\n"
     "end\n"
-    "return new\n";
+    "out[1] = new\n"
+    "return out\n";
 
 
 /*
@@ -255,6 +279,7 @@ typedef struct {
     ngx_event_t                kick;
     ngx_event_t                linger;
     ngx_ahava_log_limit_t      fail_log;
+    ngx_ahava_log_limit_t      row_log;         /* rows Redis refused */
 
     unsigned                   running:1;
     unsigned                   sweeping:1;      /* this cycle reads by age */
@@ -974,8 +999,10 @@ ngx_ahava_outbox_frame(ngx_ahava_outbox_t *o, PGresult *res, int row,
 static void
 ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
 {
-    redisReply          *rr;
-    ngx_uint_t           n;
+    size_t               i;
+    int64_t              row;
+    redisReply          *rr, *id, *err;
+    ngx_uint_t           n, k, nbad;
     ngx_ahava_outbox_t  *o;
 
     o = data;
@@ -985,22 +1012,63 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
         return;
     }
 
-    if (rr == NULL || rr->type == REDIS_REPLY_ERROR) {
+    if (rr == NULL || rr->type != REDIS_REPLY_ARRAY || rr->elements == 0
+        || rr->element[0]->type != REDIS_REPLY_INTEGER)
+    {
         ngx_ahava_log_limited(&o->fail_log, NGX_LOG_WARN, o->log,
                               "ahava: outbox not relayed: %s; events and "
                               "jobs wait in PostgreSQL",
-                              rr ? rr->str : "redis connection lost");
+                              rr == NULL ? "redis connection lost"
+                              : rr->type == REDIS_REPLY_ERROR ? rr->str
+                              : "unexpected reply");
         ngx_ahava_outbox_finish(o, 0);
         return;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, o->log, 0,
-                   "ahava: outbox relayed %ui rows, %L new", o->nrows,
-                   (int64_t) rr->integer);
+    /* rows Redis refused stay in the outbox, for the sweep */
+    nbad = 0;
 
-    if (rr->type == REDIS_REPLY_INTEGER && rr->integer > 0) {
+    for (i = 1; i + 1 < rr->elements; i += 2) {
+        id = rr->element[i];
+        err = rr->element[i + 1];
+
+        if (id->type != REDIS_REPLY_STRING || err->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        ngx_ahava_log_limited(&o->row_log, NGX_LOG_ERR, o->log,
+                              "ahava: outbox row %*s not relayed: %*s; it "
+                              "stays in PostgreSQL and is tried again",
+                              (size_t) id->len, id->str,
+                              (size_t) ngx_min(err->len, 200), err->str);
+
+        row = ngx_atoof((u_char *) id->str, id->len);
+
+        for (k = 0; k < o->nrows; k++) {
+            if (o->batch[k] == row) {
+                o->batch[k] = 0;
+                nbad++;
+            }
+        }
+    }
+
+    if (nbad) {
+        ngx_ahava_metrics_count(NGX_AHAVA_M_OUTBOX_REFUSED, nbad);
+    }
+
+    if (nbad == o->nrows) {
+        /* everything refused: Redis itself (out of memory...) */
+        ngx_ahava_outbox_finish(o, 0);
+        return;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, o->log, 0,
+                   "ahava: outbox relayed %ui rows, %L new, %ui refused",
+                   o->nrows, (int64_t) rr->element[0]->integer, nbad);
+
+    if (rr->element[0]->integer > 0) {
         /* rows another relay sent first are not counted twice */
-        n = (ngx_uint_t) rr->integer;
+        n = (ngx_uint_t) rr->element[0]->integer;
         ngx_ahava_metrics_count(NGX_AHAVA_M_OUTBOX_RELAYED, n);
         ngx_ahava_metrics_count(NGX_AHAVA_M_EVENTS_PUBLISHED,
                                 ngx_min(n, o->nevents));
@@ -1013,9 +1081,11 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
 
     /* deleted by the next cycle's statement; beyond the bound, they stay
      * until read again (and skipped) */
-    n = ngx_min(o->nrows, NGX_AHAVA_OUTBOX_PENDING - o->sent.n);
-    ngx_memcpy(o->sent.ids + o->sent.n, o->batch, n * sizeof(int64_t));
-    o->sent.n += n;
+    for (k = 0; k < o->nrows && o->sent.n < NGX_AHAVA_OUTBOX_PENDING; k++) {
+        if (o->batch[k]) {
+            o->sent.ids[o->sent.n++] = o->batch[k];
+        }
+    }
 
     ngx_ahava_outbox_finish(o, 1);
 }

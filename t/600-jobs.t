@@ -311,6 +311,43 @@ for my $c (@cases) {
     $sub->disconnect;
 }
 
+# --- a row Redis refuses holds no other back; it goes once Redis takes it, its event once --------------
+# (a queue's key of another type: WRONGTYPE on the email queue's meta, for the cancellation's emails)
+{
+    my $redis = sub { my (undef, $out) = run_capture(['redis-cli', '-p', $REDIS->port, @_]); chomp $out; $out };
+    ok(outbox_empty(), 'refused row: the outbox is empty to begin with');
+    my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
+    is($redis->('SET', 'bull:email:meta', 'not a hash'), 'OK', 'refused row: the email queue\'s meta made a string');
+    my $v = Ahava::Visits::new_visit(status => 'SCHEDULED');
+    api_ok(mutate('cancel', $v, 'admin'), 'refused row: a cancellation (its emails go to that queue): 200');
+    my $res = send_message('nurse1', $ID{visit1}, 'patient1', "after the refused row $MARKER");
+    is($res->status, 201, 'refused row: a message after it: 201');
+    my $mid = (data_of($res) || {})->{id} // '';
+    my @ev = $sub->wait_for(10, sub { (grep { ($_->{payload}{data}{id} // '') eq $mid } @_) >= 2 });
+    is(scalar(grep { ($_->{payload}{data}{id} // '') eq $mid } @ev), 2, '... its NEW_MESSAGE goes out all the same (both channels)');
+    is(scalar(grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' } @ev), 0, '... the refused row\'s event does not (its jobs go first)');
+    is(psql_value(q{SELECT count(*) FROM ahava_outbox}), 1, '... the refused row alone waits in the outbox');
+    error_log_like(qr/outbox row \d+ not relayed: WRONGTYPE/, 'refused row: said in the error log', timeout => 5);
+    is($redis->('DEL', 'bull:email:meta'), 1, 'refused row: the key mended');
+    ok(outbox_empty(), '... the row goes');
+    $sub->wait_for(5, sub { (grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' } @_) >= 2 });
+    $sub->wait_for(1, sub { 0 });
+    my @c = grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' && ($_->{payload}{data}{visitId} // '') eq $v } $sub->take;
+    my %to;
+    $to{ $_->{user} }++ for @c;
+    ok(@c >= 2 && !grep({ $_ != 1 } values %to), '... its VISIT_CANCELLED once to each participant')
+        or diag(explain \%to);
+    my $list = all_jobs();
+    my ($row) = map { /^ahava-(\d+)-/ ? $1 : () } map { $_->{id} } grep { ($_->{data}{data}{visitId} // '') eq $v } @{ $list->{'push-notification'} };
+    ok($row, '... its push jobs are there');
+    my $pfx = 'ahava-' . ($row // 'x') . '-';
+    my %ids;
+    $ids{ $_->{id} }++ for grep { index($_->{id}, $pfx) == 0 } map { @{ $list->{$_} } } @QUEUES;
+    is(scalar(grep { index($_->{id}, $pfx) == 0 } @{ $list->{email} }), 2, '... its two emails, once it was taken');
+    ok(!grep({ $_ != 1 } values %ids), '... every job of the row once');
+    $sub->disconnect;
+}
+
 # --- Redis stopped during a burst of mutations, then started ------------------------------------------
 {
     ok($REDIS->stop, 'Redis stopped');
