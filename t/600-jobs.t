@@ -367,8 +367,10 @@ for my $c (@cases) {
     unlike($rows, qr/\Q$MARKER\E/, '... none holds the message text (the event row holds its ciphertext)');
     like($rows, qr/\|v2:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+:[A-Za-z0-9+\/=]+\|/, '... it does hold the ciphertext');
 
-    ok($REDIS->start, 'Redis started again');
-    my $sub = Ahava::Messages::Subscriber->new($REDIS->port);       # before nginx is back
+    # with a password at first, so that the subscriber is in before nginx publishes anything
+    ok($REDIS->start(requirepass => 'burst-test'), 'Redis started again');
+    my $sub = Ahava::Messages::Subscriber->new($REDIS->port, auth => 'burst-test');
+    ok($REDIS->open_to_all, '... the subscriber in, nginx let in');
     my @ev = $sub->wait_for(15, sub { (grep { ($_->{payload}{type} // '') eq 'NEW_MESSAGE' } @_) >= 40 });
     ok(outbox_empty(), 'the outbox drains');
     $sub->wait_for(1, sub { 0 });

@@ -219,7 +219,7 @@ package Ahava::Messages::Subscriber;
 # collect every pmessage as { channel, user, payload (decoded JSON or raw),
 # raw }.  Waits are bounded polls on the socket, never sleeps.
 #
-#   my $s = Ahava::Messages::Subscriber->new($port);
+#   my $s = Ahava::Messages::Subscriber->new($port);   # (auth => $password)
 #   my @ev = $s->wait_for(5, sub { grep {...} @_ });  # all events so far
 #   $s->take;                                         # and forget them
 
@@ -243,6 +243,7 @@ sub new {
     $sock->autoflush(1);
     my $self = bless { sock => $sock, buf => '', events => [], port => $port,
                        pattern => $pattern }, $class;
+    $self->_send('AUTH', $o{auth}) if defined $o{auth};
     $self->_send('PSUBSCRIBE', $pattern);
     my $ok = $self->_poll(5, sub { $self->{subscribed} });
     croak "PSUBSCRIBE $pattern was not confirmed" unless $ok;

@@ -26,7 +26,9 @@ sub start {
         '--appendonly', $self->{appendonly} ? 'yes' : 'no',
         '--appendfsync', 'always', '--daemonize', 'yes',
         '--pidfile', "$self->{dir}/redis.pid",
-        '--logfile', "$self->{dir}/redis.log"]);
+        '--logfile', "$self->{dir}/redis.log",
+        defined $o{requirepass} ? ('--requirepass', $o{requirepass}) : ()]);
+    $self->{auth} = $o{requirepass};
     die "redis-server failed ($rc): $out" if $rc;
 
     poll_until(10, sub { $self->ping })
@@ -41,15 +43,29 @@ sub ping {
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $self->{port}, Timeout => 1)
         or return 0;
-    print {$s} "PING\r\n";
+    print {$s} defined $self->{auth} ? "AUTH $self->{auth}\r\nPING\r\n" : "PING\r\n";
     my $line = '';
     my $rin = '';
     vec($rin, fileno($s), 1) = 1;
-    if (select(my $r = $rin, undef, undef, 1)) {
-        sysread($s, $line, 64);
+    my $end = time + 1;
+    while ($line !~ /\+PONG/ && time < $end && select(my $r = $rin, undef, undef, 1)) {
+        sysread($s, my $more, 64) or last;
+        $line .= $more;
     }
     close $s;
-    return $line =~ /^\+PONG/ ? 1 : 0;
+    return $line =~ /\+PONG/ ? 1 : 0;
+}
+
+# start(requirepass => $p) keeps every client without the password out
+# (nginx too) until this lets them in: a test's own client is first
+sub open_to_all {
+    my ($self) = @_;
+    return 1 unless defined $self->{auth};
+    my ($rc, $out) = run_capture(['redis-cli', '-p', $self->{port}, '--no-auth-warning',
+                                  '-a', $self->{auth}, 'CONFIG', 'SET', 'requirepass', '']);
+    return 0 if $rc || $out !~ /OK/;
+    delete $self->{auth};
+    return 1;
 }
 
 sub stop {
