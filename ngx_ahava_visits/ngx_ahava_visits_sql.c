@@ -133,18 +133,21 @@ ngx_ahava_stmt_t  ngx_ahava_visits_list_stmts[NGX_AHAVA_VISITS_NLIST];
  * which of 404 / 403 / 400 / 409 / 200 it is, in the columns of
  * ngx_ahava_visits_col_e.  $1 visit, $2 caller, $3 role.
  *
- * ok locks the row (lock: FOR UPDATE OF v): it then holds the latest
- * committed version, so the values "before the change" (previousStatus,
- * previousNurseId, the assignee replaced, who is told, the 409's status)
- * are those of the writer this one waited for, not of the statement's
- * snapshot.  The location does not: its only use of them is to tell a
- * doctor replaced meanwhile too, and the lock is a WAL record a point.
+ * ok locks the row (lock: FOR NO KEY UPDATE OF v, the UPDATE's own lock,
+ * which a message's foreign key check does not wait for): it then holds
+ * the latest committed version, so the values "before the change"
+ * (previousStatus, previousNurseId, the assignee replaced, who is told,
+ * the 409's status) are those of the writer this one waited for, not of
+ * the statement's snapshot.  The location does not: its only use of them
+ * is to tell a doctor replaced meanwhile too, and the lock is a WAL record
+ * a point.
  */
 
 #define NGX_AHAVA_VISIT_MUTATION(name, set, who, when, target, extra,      \
     event)                                                                   \
-    NGX_AHAVA_VISIT_CHANGE(" FOR UPDATE OF v", set, who, when, target,      \
-                           extra, NGX_AHAVA_VISIT_OUTBOX(name, event),       \
+    NGX_AHAVA_VISIT_CHANGE(" FOR NO KEY UPDATE OF v", set, who, when,       \
+                           target, extra,                                    \
+                           NGX_AHAVA_VISIT_OUTBOX(name, event),              \
                            "v.*", NGX_AHAVA_VISIT_AFTER)
 
 /* the visit after the change, as the detail shows it */

@@ -2514,7 +2514,15 @@ ngx_ahava_ws_closed(ngx_ahava_ws_session_t *s)
 
     c = s->connection;
 
-    if (s->close_received || s->linger == 0 || c->error) {
+    /* not while the worker stops (c->close: 1001 to every socket), nor
+     * over TLS, whose close_notify must go before the FIN (the close of
+     * the connection sends it) */
+    if (s->close_received || s->linger == 0 || c->error || c->close
+#if (NGX_HTTP_SSL)
+        || c->ssl
+#endif
+       )
+    {
         ngx_ahava_ws_finalize(s);
         return;
     }
