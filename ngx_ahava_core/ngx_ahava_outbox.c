@@ -42,6 +42,7 @@
 #define NGX_AHAVA_OUTBOX_AGE      "2000"        /* ms: then anyone's to send */
 #define NGX_AHAVA_OUTBOX_KEEP     "30000"       /* ms an id is remembered */
 #define NGX_AHAVA_OUTBOX_SEEN_MAX "100000"      /* ids remembered, at most */
+#define NGX_AHAVA_OUTBOX_RETRY    "10000"       /* ms a refused row waits */
 #define NGX_AHAVA_OUTBOX_STALE    10000         /* ms: a slower read is not
                                                    sent */
 #define NGX_AHAVA_OUTBOX_LINGER   20            /* ms a delete waits for a
@@ -99,11 +100,12 @@ static ngx_ahava_outbox_queue_t  ngx_ahava_outbox_queues[] = {
  * else the hash, "added", a score from pc, "waiting"; once per queue and
  * batch, the queue's meta is read and its marker set unless paused or
  * maxed (workers wake after the script anyway).  A row is recorded once all
- * its items ran, its jobs before its event.  A row Redis refuses (a command
- * of it fails: a queue's key of another type, a bad events limit) is not
- * recorded, and the rows after it go on; what of it ran stays (Redis does
- * not undo) — jobs, which are not added twice.  Returns { how many rows
- * were new, then per refused row its id and the error }.
+ * its items ran, its jobs before its event.  A row Redis refuses (a queue's
+ * key of another type, a bad events limit: checked before the row writes
+ * anything) is not recorded, and the rows after it go on; the relay puts it
+ * off (NGX_AHAVA_OUTBOX_RETRY).  An error of Redis itself (out of memory, a
+ * read-only replica) fails the batch.  Returns { how many rows were new,
+ * then per refused row its id and the error }.
  */
 static const char  ngx_ahava_outbox_script[] =
     "local now, floor = ARGV[1], tonumber(ARGV[2])\n"
@@ -120,14 +122,28 @@ static const char  ngx_ahava_outbox_script[] =
     "end\n"
     /* a queue's keys and events limit, looked up once a batch */
     "local queues = {}\n"
+    /* and its keys' types checked first: a row is refused before it
+     * writes anything, rather than midway (a job's hash without its
+     * place in the queue would be taken for a duplicate when sent again) */
+    "local kinds = { meta = 'hash', events = 'stream', id = 'string',"
+    " pc = 'string', prioritized = 'zset', marker = 'zset' }\n"
+    "local function is(key, kind)\n"
+    "  local t = redis.call('TYPE', key).ok\n"
+    "  if t ~= 'none' and t ~= kind then\n"
+    "    error('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. kind, 0)\n"
+    "  end\n"
+    "end\n"
     "local function queue(name)\n"
     "  local q = queues[name]\n"
     "  if not q then\n"
     "    local P = 'bull:' .. name .. ':'\n"
+    "    for k, kind in pairs(kinds) do is(P .. k, kind) end\n"
     "    local max = redis.call('HGET', P .. 'meta', 'opts.maxLenEvents')\n"
     "    if not max then\n"
     "      max = '10000'\n"
     "      redis.call('HSET', P .. 'meta', 'opts.maxLenEvents', max)\n"
+    "    elseif not tonumber(max) then\n"
+    "      error('ERR ' .. P .. 'meta opts.maxLenEvents is not a number', 0)\n"
     "    end\n"
     "    q = { P = P, max = max, added = false }\n"
     "    queues[name] = q\n"
@@ -138,6 +154,13 @@ static const char  ngx_ahava_outbox_script[] =
      * published nothing, and its jobs that went are not added again */
     "local function row(id, first, last)\n"
     "  local j = 0\n"
+    "  for k = first, last, 6 do\n"
+    "    if ARGV[k] == 'j' then\n"
+    "      is(queue(ARGV[k+1]).P .. 'ahava-' .. id .. '-' .. j, 'hash')\n"
+    "      j = j + 1\n"
+    "    end\n"
+    "  end\n"
+    "  j = 0\n"
     "  for k = first, last, 6 do\n"
     "    if ARGV[k] == 'j' then\n"
     "      local q = queue(ARGV[k+1])\n"
@@ -185,8 +208,16 @@ static const char  ngx_ahava_outbox_script[] =
     "      new = new + 1\n"
     "    else\n"
     "      if type(err) == 'table' then err = err.err or 'error' end\n"
+    "      err = tostring(err)\n"
+    /* Redis itself unwell (its memory, a replica...): not the row's
+     * fault; the batch fails, what ran is recorded and skipped later */
+    "      for _, p in ipairs({'OOM', 'READONLY', 'MISCONF', 'NOREPLICAS',"
+    " 'MASTERDOWN', 'LOADING', 'BUSY', 'TRYAGAIN', 'CLUSTERDOWN'}) do\n"
+    "        if string.sub(err, 1, #p) == p then"
+    " return redis.error_reply(err) end\n"
+    "      end\n"
     "      out[#out + 1] = id\n"
-    "      out[#out + 1] = tostring(err)\n"
+    "      out[#out + 1] = err\n"
     "    end\n"
     "  end\n"
     "end\n"
@@ -210,20 +241,24 @@ static const char  ngx_ahava_outbox_script[] =
 
 
 /*
- * A cycle's one statement: delete what was sent ($2), read the next rows —
- * those handed over ($1), or the oldest, older than $1 ms.  The delete's
- * effect is not visible to the read of the same statement: the oldest are
- * read without $2.  The sweep also reads the lowest id left (the script's
- * floor; NULL: none), in a row of its own when no row is due; not every
- * cycle: the lowest ids of a busy outbox are dead rows waiting for vacuum,
- * which min() walks through.
+ * A cycle's one statement: delete what was sent ($2), put off what Redis
+ * refused ($3: "retryAt", sql/011), read the next rows — those handed over
+ * ($1), or the oldest, older than $1 ms and not put off.  The delete's and
+ * the put-off's effects are not visible to the read of the same
+ * statement: the oldest are read without $2 and $3.  The sweep also reads
+ * the lowest id left (the script's floor; NULL: none), in a row of its own
+ * when no row is due; not every cycle: the lowest ids of a busy outbox are
+ * dead rows waiting for vacuum, which min() walks through.
  */
 #define NGX_AHAVA_OUTBOX_COLUMNS                                             \
     "o.id, o.topic, array_to_string(o.recipients, ','), o.payload,"        \
     " o.secret, " NGX_AHAVA_TS("o.\"createdAt\"") ", o.jobs"
 
 #define NGX_AHAVA_OUTBOX_GONE                                                \
-    "WITH gone AS (DELETE FROM ahava_outbox WHERE id = ANY($2::bigint[]))"
+    "WITH gone AS (DELETE FROM ahava_outbox WHERE id = ANY($2::bigint[])),"  \
+    " later AS (UPDATE ahava_outbox SET \"retryAt\" = LOCALTIMESTAMP(3)"     \
+    " + " NGX_AHAVA_OUTBOX_RETRY " * interval '1 millisecond'"              \
+    " WHERE id = ANY($3::bigint[]))"
 
 enum {
     NGX_AHAVA_OUTBOX_ROWS = 0,
@@ -236,7 +271,7 @@ static ngx_ahava_stmt_t  ngx_ahava_outbox_stmts[] = {
       NGX_AHAVA_OUTBOX_GONE
       " SELECT " NGX_AHAVA_OUTBOX_COLUMNS ", NULL::bigint"
       " FROM ahava_outbox o WHERE o.id = ANY($1::bigint[]) ORDER BY o.id",
-      2, 0, "" },
+      3, 0, "" },
 
     { ngx_string("outbox backlog"),
       NGX_AHAVA_OUTBOX_GONE
@@ -245,8 +280,10 @@ static ngx_ahava_stmt_t  ngx_ahava_outbox_stmts[] = {
       " LEFT JOIN LATERAL (SELECT * FROM ahava_outbox"
       " WHERE \"createdAt\" <= LOCALTIMESTAMP(3)"
       " - $1::int * interval '1 millisecond' AND id <> ALL($2::bigint[])"
+      " AND id <> ALL($3::bigint[])"
+      " AND (\"retryAt\" IS NULL OR \"retryAt\" <= LOCALTIMESTAMP(3))"
       " ORDER BY id LIMIT 100) o ON true ORDER BY o.id",
-      2, 0, "" },
+      3, 0, "" },
 };
 
 
@@ -263,6 +300,7 @@ typedef struct {
 
     ngx_ahava_outbox_ids_t     pending;         /* handed over, in order */
     ngx_ahava_outbox_ids_t     sent;            /* sent, to delete */
+    ngx_ahava_outbox_ids_t     refused;         /* to put off */
 
     ngx_pool_t                *pool;            /* the running cycle's */
     ngx_ahava_pg_query_t      *query;
@@ -334,7 +372,11 @@ ngx_ahava_outbox_init(ngx_cycle_t *cycle, ngx_ahava_main_conf_t *amcf)
                                 NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
     o->sent.ids = ngx_palloc(cycle->pool,
                              NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
-    if (o->pending.ids == NULL || o->sent.ids == NULL) {
+    o->refused.ids = ngx_palloc(cycle->pool,
+                                NGX_AHAVA_OUTBOX_PENDING * sizeof(int64_t));
+    if (o->pending.ids == NULL || o->sent.ids == NULL
+        || o->refused.ids == NULL)
+    {
         return NGX_ERROR;
     }
 
@@ -536,7 +578,7 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o)
 
     sweep = o->backlog || o->sweep_due;
 
-    if (!sweep && o->pending.n == 0 && o->sent.n == 0) {
+    if (!sweep && o->pending.n == 0 && o->sent.n == 0 && o->refused.n == 0) {
         return;
     }
 
@@ -556,7 +598,9 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o)
 
         ngx_ahava_outbox_drop(o);
 
-        if (o->sent.n == 0 || ngx_ahava_pg_healthy(o->amcf->pg) != NGX_OK) {
+        if ((o->sent.n == 0 && o->refused.n == 0)
+            || ngx_ahava_pg_healthy(o->amcf->pg) != NGX_OK)
+        {
             return;
         }
 
@@ -575,7 +619,7 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o)
         goto failed;
     }
 
-    q->nparams = 2;
+    q->nparams = 3;
     q->done = ngx_ahava_outbox_read;
     q->data = o;
     q->log = o->log;
@@ -588,6 +632,14 @@ ngx_ahava_outbox_start(ngx_ahava_outbox_t *o)
     }
 
     o->sent.n = 0;
+
+    q->values[2] = ngx_ahava_outbox_array(o->pool, o->refused.ids,
+                                          o->refused.n);
+    if (q->values[2] == NULL) {
+        goto failed;
+    }
+
+    o->refused.n = 0;
 
     if (sweep) {
         q->stmt = &ngx_ahava_outbox_stmts[NGX_AHAVA_OUTBOX_BACKLOG];
@@ -1050,16 +1102,15 @@ ngx_ahava_outbox_sent(redisAsyncContext *ac, void *reply, void *data)
                 nbad++;
             }
         }
+
+        /* put off for a while, so that the sweep reads past it */
+        if (row > 0 && o->refused.n < NGX_AHAVA_OUTBOX_PENDING) {
+            o->refused.ids[o->refused.n++] = row;
+        }
     }
 
     if (nbad) {
         ngx_ahava_metrics_count(NGX_AHAVA_M_OUTBOX_REFUSED, nbad);
-    }
-
-    if (nbad == o->nrows) {
-        /* everything refused: Redis itself (out of memory...) */
-        ngx_ahava_outbox_finish(o, 0);
-        return;
     }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, o->log, 0,
@@ -1150,7 +1201,7 @@ ngx_ahava_outbox_finish(ngx_ahava_outbox_t *o, ngx_uint_t ok)
             ngx_post_event(&o->kick, &ngx_posted_events);
         }
 
-    } else if (o->sent.n && !o->linger.timer_set) {
+    } else if ((o->sent.n || o->refused.n) && !o->linger.timer_set) {
         ngx_add_timer(&o->linger, NGX_AHAVA_OUTBOX_LINGER);
     }
 }

@@ -24,7 +24,7 @@
 
 
 /* sql/: the newest migration of this build (t/010 checks it is the last) */
-#define NGX_AHAVA_SCHEMA_LATEST   "010_gps_lz4.sql"
+#define NGX_AHAVA_SCHEMA_LATEST   "011_outbox_retry_export_request.sql"
 
 #define NGX_AHAVA_SCHEMA_RETRY    1000          /* ms while none is idle */
 #define NGX_AHAVA_SCHEMA_TRIES    60

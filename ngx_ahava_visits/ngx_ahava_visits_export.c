@@ -50,31 +50,14 @@ static ngx_ahava_stmt_t  ngx_ahava_export_stmts[] = {
      * The caller's export of this visit still in progress is answered
      * again rather than queued twice (a double tap, a retry), and no more
      * than NGX_AHAVA_EXPORTS_IN_PROGRESS of the caller's wait at once: the
-     * queue renders 10 a minute.  One row: the visit seen (0: not one the
-     * caller may see), the export in progress, the new one's outbox */
+     * queue renders 10 a minute.  A function (sql/011) takes one caller's
+     * requests one at a time, so both hold under concurrent requests.  One
+     * row: the visit seen (0: not one the caller may see), the new
+     * export's outbox row, created, the export in progress */
     { ngx_string("visit export"),
-      "WITH vis AS (SELECT v.id FROM visits v JOIN bookings b"
-      " ON b.id = v.\"bookingId\" WHERE v.id = $1 AND ($3::text = 'ADMIN'"
-      " OR $2 IN (b.\"patientId\", v.\"nurseId\", v.\"doctorId\"))),"
-      " cur AS (SELECT e.id, e.filters->>'visitId' AS visit,"
-      " e.\"createdAt\" FROM export_jobs e WHERE e.\"userId\" = $2"
-      " AND e.status IN ('PENDING', 'PROCESSING')),"
-      " same AS (SELECT cur.id FROM cur, vis WHERE cur.visit = vis.id"
-      " ORDER BY cur.\"createdAt\" DESC LIMIT 1),"
-      " ins AS (INSERT INTO export_jobs (id, \"userId\", \"userRole\", type,"
-      " filters, status, \"createdAt\")"
-      " SELECT $4, $2, $3::text::\"UserRole\", 'visit_report',"
-      " jsonb_build_object('visitId', vis.id), 'PENDING', LOCALTIMESTAMP(3)"
-      " FROM vis WHERE NOT EXISTS (SELECT 1 FROM same)"
-      " AND (SELECT count(*) FROM cur) < "
-      NGX_AHAVA_EXPORTS_IN_PROGRESS " RETURNING *),"
-      " ob AS (INSERT INTO ahava_outbox (jobs)"
-      " SELECT json_build_array(json_build_array('pdf-export',"
-      " json_build_object('exportJobId', id, 'userId', \"userId\","
-      " 'type', type, 'filters', filters)))::text"
-      " FROM ins RETURNING id)"
-      " SELECT (SELECT count(*) FROM vis), (SELECT array_agg(id) FROM ob)::text,"
-      " (SELECT count(*) FROM ins), (SELECT id FROM same)",
+      "SELECT seen, outbox, created, \"inProgress\""
+      " FROM ahava_export_request($1, $2, $3, $4, "
+      NGX_AHAVA_EXPORTS_IN_PROGRESS ")",
       4, 0, "" },
 
     /* GET /api/exports/:id — its owner, admin */

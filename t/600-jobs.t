@@ -287,6 +287,35 @@ for my $c (@cases) {
     psql(qq{UPDATE export_jobs SET status = 'COMPLETED' WHERE "userId" = '${\ uid('nurse1')}' AND filters->>'visitId' = '$v[1]'});
     is(json_request(POST => "/api/visits/$v[4]/export", 'nurse1')->status, 202, 'once one is completed, the sixth: 202');
     psql(q{UPDATE export_jobs SET status = 'COMPLETED'});
+
+    # at the same time: 8 requests for one visit make one export; 10 for ten visits make 5, 5 get 429
+    my $at_once = sub {
+        my @c = map { Ahava::Test::HTTP::Conn->open_raw($Ahava::Test::DEFAULT_NGINX->port,
+                          Ahava::Visits::mutation_request('export', $_, as => 'nurse1', body => {})) } @_;
+        Ahava::Test::HTTP::wait_all(\@c, 15);
+        return map { $_->response } @c;
+    };
+    my @w = Ahava::Visits::new_visits([ map { { nurse => uid('nurse1'), patient => uid('patient1') } } 1 .. 11 ]);
+    my @r = $at_once->(($w[0]) x 8);
+    is(join(' ', map { $_->status } @r), join(' ', (202) x 8), 'eight exports of one visit at once: all 202');
+    my %eid = map { ((data_of($_) || {})->{exportJobId} // '') => 1 } @r;
+    is(scalar keys %eid, 1, '... with one exportJobId');
+    is(psql_value(qq{SELECT count(*) FROM export_jobs WHERE filters->>'visitId' = '$w[0]'}), 1, '... one export_jobs row');
+    @r = $at_once->(@w[1 .. 10]);
+    my %st;
+    $st{ $_->status }++ for @r;
+    is_deeply(\%st, { 202 => 4, 429 => 6 }, 'ten exports of ten visits at once, one in progress: 4 more 202, 6 429');
+    is(psql_value(qq{SELECT count(*) FROM export_jobs WHERE "userId" = '${\ uid('nurse1')}' AND status = 'PENDING'}), 5,
+       '... five in progress, no more');
+    psql(q{UPDATE export_jobs SET status = 'COMPLETED'});
+
+    # one in progress for over an hour (its job lost) no longer counts
+    psql(qq{UPDATE export_jobs SET status = 'PENDING', "createdAt" = LOCALTIMESTAMP(3) - interval '2 hours'
+            WHERE filters->>'visitId' = '$w[0]'});
+    my ($stale) = $at_once->($w[0]);
+    is($stale->status, 202, 'an export in progress for over an hour is not answered again: 202');
+    isnt((data_of($stale) || {})->{exportJobId}, (keys %eid)[0], '... a new one');
+    psql(q{UPDATE export_jobs SET status = 'COMPLETED'});
 }
 
 # --- an outbox row seen again after it was sent is not sent twice -------------------------------------
@@ -312,24 +341,29 @@ for my $c (@cases) {
 }
 
 # --- a row Redis refuses holds no other back; it goes once Redis takes it, its event once --------------
-# (a queue's key of another type: WRONGTYPE on the email queue's meta, for the cancellation's emails)
-{
-    my $redis = sub { my (undef, $out) = run_capture(['redis-cli', '-p', $REDIS->port, @_]); chomp $out; $out };
-    ok(outbox_empty(), 'refused row: the outbox is empty to begin with');
+# A queue's key of another type, for the cancellation's emails: its meta (refused when the queue is
+# looked up) and its events stream (refused before the row writes anything: a job's hash written
+# without its place in the queue would be taken for a duplicate, and lost, once mended).
+my $redis = sub { my (undef, $out) = run_capture(['redis-cli', '-p', $REDIS->port, @_]); chomp $out; $out };
+for my $key ('meta', 'events') {
+    my $n = "refused row ($key)";
+    ok(outbox_empty(), "$n: the outbox is empty to begin with");
     my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
-    is($redis->('SET', 'bull:email:meta', 'not a hash'), 'OK', 'refused row: the email queue\'s meta made a string');
+    $redis->('DEL', "bull:email:$key");
+    is($redis->('SET', "bull:email:$key", 'a string'), 'OK', "$n: the email queue's $key made a string");
     my $v = Ahava::Visits::new_visit(status => 'SCHEDULED');
-    api_ok(mutate('cancel', $v, 'admin'), 'refused row: a cancellation (its emails go to that queue): 200');
+    api_ok(mutate('cancel', $v, 'admin'), "$n: a cancellation (its emails go to that queue): 200");
     my $res = send_message('nurse1', $ID{visit1}, 'patient1', "after the refused row $MARKER");
-    is($res->status, 201, 'refused row: a message after it: 201');
+    is($res->status, 201, "$n: a message after it: 201");
     my $mid = (data_of($res) || {})->{id} // '';
     my @ev = $sub->wait_for(10, sub { (grep { ($_->{payload}{data}{id} // '') eq $mid } @_) >= 2 });
     is(scalar(grep { ($_->{payload}{data}{id} // '') eq $mid } @ev), 2, '... its NEW_MESSAGE goes out all the same (both channels)');
     is(scalar(grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' } @ev), 0, '... the refused row\'s event does not (its jobs go first)');
     is(psql_value(q{SELECT count(*) FROM ahava_outbox}), 1, '... the refused row alone waits in the outbox');
-    error_log_like(qr/outbox row \d+ not relayed: WRONGTYPE/, 'refused row: said in the error log', timeout => 5);
-    is($redis->('DEL', 'bull:email:meta'), 1, 'refused row: the key mended');
-    ok(outbox_empty(), '... the row goes');
+    error_log_like(qr/outbox row \d+ not relayed: WRONGTYPE bull:email:$key/, "$n: said in the error log", timeout => 5);
+    is($redis->('DEL', "bull:email:$key"), 1, "$n: the key mended");
+    ok(poll_until(25, sub { psql_value('SELECT count(*) FROM ahava_outbox') == 0 }),
+       '... the row goes (a refused row is put off 10 s, then the sweep takes it)');
     $sub->wait_for(5, sub { (grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' } @_) >= 2 });
     $sub->wait_for(1, sub { 0 });
     my @c = grep { ($_->{payload}{type} // '') eq 'VISIT_CANCELLED' && ($_->{payload}{data}{visitId} // '') eq $v } $sub->take;
@@ -343,8 +377,37 @@ for my $c (@cases) {
     my $pfx = 'ahava-' . ($row // 'x') . '-';
     my %ids;
     $ids{ $_->{id} }++ for grep { index($_->{id}, $pfx) == 0 } map { @{ $list->{$_} } } @QUEUES;
-    is(scalar(grep { index($_->{id}, $pfx) == 0 } @{ $list->{email} }), 2, '... its two emails, once it was taken');
+    is(scalar(grep { index($_->{id}, $pfx) == 0 } @{ $list->{email} }), 2, '... its two emails, queued once it was taken');
     ok(!grep({ $_ != 1 } values %ids), '... every job of the row once');
+    $sub->disconnect;
+}
+
+# --- rows refused by the hundred do not fill the sweep: the rows behind them go -----------------------
+# (the sweep reads the oldest 100; a refused row is put off, so the next sweep reads past it)
+{
+    ok(outbox_empty(), 'refused rows: the outbox is empty to begin with');
+    my $sub = Ahava::Messages::Subscriber->new($REDIS->port);
+    is($redis->('SET', 'bull:email:meta', 'a string'), 'OK', 'refused rows: the email queue\'s meta made a string');
+    # rows only a sweep takes (as if from a worker that died): 150 with an email each, then an event
+    psql(qq{INSERT INTO ahava_outbox (jobs, "createdAt") SELECT
+              '[["email", {"to": "x\@test.invalid", "subject": "s", "html": "h"}]]',
+              LOCALTIMESTAMP(3) - interval '1 minute' FROM generate_series(1, 150)});
+    psql(qq{INSERT INTO ahava_outbox (topic, recipients, payload, "createdAt") VALUES
+              ('MESSAGES_READ', ARRAY['$P1'], '{"behind":"the refused"}', LOCALTIMESTAMP(3) - interval '1 minute')});
+    my @ev = $sub->wait_for(10, sub { grep { ($_->{payload}{data}{behind} // '') eq 'the refused' } @_ });
+    is(scalar(grep { ($_->{payload}{data}{behind} // '') eq 'the refused' } @ev), 1, 'refused rows: the event behind 150 refused rows goes out')
+        or diag(psql_value('SELECT count(*) FROM ahava_outbox') . ' rows left');
+    is(psql_value(q{SELECT count(*) FROM ahava_outbox WHERE topic IS NULL}), 150, '... the refused ones wait');
+    my @rows = map { $_->[0] } @{ psql(q{SELECT id FROM ahava_outbox WHERE topic IS NULL}) };
+    is($redis->('DEL', 'bull:email:meta'), 1, 'refused rows: the key mended');
+    ok(poll_until(30, sub { psql_value('SELECT count(*) FROM ahava_outbox') == 0 }), '... they go');
+    # counted in Redis (the peer's listing of 150 more jobs would not fit its pipe), then taken away
+    my $count = q{local n = 0 for _, id in ipairs(ARGV) do
+                    if redis.call('ZSCORE', KEYS[1], 'ahava-' .. id .. '-0') then n = n + 1 end end return n};
+    is($redis->('EVAL', $count, 1, 'bull:email:prioritized', @rows), 150, '... their 150 emails queued');
+    $redis->('EVAL', q{for _, id in ipairs(ARGV) do local j = 'ahava-' .. id .. '-0'
+                         redis.call('ZREM', KEYS[1], j) redis.call('DEL', 'bull:email:' .. j) end},
+             1, 'bull:email:prioritized', @rows);
     $sub->disconnect;
 }
 
