@@ -291,7 +291,8 @@ for my $c (@cases) {
     # at the same time: 8 requests for one visit make one export; 10 for ten visits make 5, 5 get 429
     my $at_once = sub {
         my @c = map { Ahava::Test::HTTP::Conn->open_raw($Ahava::Test::DEFAULT_NGINX->port,
-                          Ahava::Visits::mutation_request('export', $_, as => 'nurse1', body => {})) } @_;
+                          Ahava::Test::HTTP::build_request(POST => "/api/visits/$_/export",
+                              headers => Ahava::Visits::_headers(as => 'nurse1'), body => '{}')) } @_;
         Ahava::Test::HTTP::wait_all(\@c, 15);
         return map { $_->response } @c;
     };

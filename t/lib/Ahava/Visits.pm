@@ -40,7 +40,6 @@ our %ACTION = (
     'cancel'        => ['POST',  'cancel'],
     'assign-nurse'  => ['POST',  'assign-nurse'],
     'assign-doctor' => ['POST',  'assign-doctor'],
-    'export'        => ['POST',  'export'],
 );
 
 use constant TS_RE => qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
