@@ -538,13 +538,18 @@ like($text, qr/End of report\./, '... to its end');
 unlike($text, qr/v2:[A-Za-z0-9+\/]{8}/, 'no ciphertext in the PDF');
 is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, 'no error on the row');
 
+# the export's pdf-export job added again, as BullMQ would retry it
+my $export_again = sub {
+    add_jobs('pdf-export', { name => 'generate-pdf',
+        data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
+        opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+};
+
 # the same job again (a retry after a lost lock or a lost answer): the row
 # is COMPLETED with its file in place, so nothing is rendered and the event
 # names the same file, the one its owner was told of and may download
 {
-    my $again = add_jobs('pdf-export', { name => 'generate-pdf',
-        data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
-        opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+    my $again = $export_again->();
     my $seen2 = peer('watch', $URL, 'pdf-export', 2);
     ok($seen2->{completed}{ $again->[0] }, 'the same export job run again: completed');
     my $row2 = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
@@ -561,9 +566,7 @@ is(request(GET => "/api/exports/$eid", as => $vp)->json->{data}{error}, undef, '
 # names the new one
 {
     unlink $pdf;
-    my $again = add_jobs('pdf-export', { name => 'generate-pdf',
-        data => { exportJobId => $eid, userId => $vp, type => 'visit_report', filters => { visitId => $V } },
-        opts => { attempts => 3, backoff => { type => 'exponential', delay => 2000 }, priority => 1 } });
+    my $again = $export_again->();
     my $seen3 = peer('watch', $URL, 'pdf-export', 3);
     ok($seen3->{completed}{ $again->[0] }, 'the file of a completed export removed, the job again: completed');
     my $row3 = request(GET => "/api/exports/$eid", as => $vp)->json->{data};
